@@ -1,0 +1,1 @@
+"""Backbones (ResNet, CoTNet) and the two-stream architectures (STILT, CoT-LSTM)."""
