@@ -1,0 +1,214 @@
+"""Build manifests from the official split files of UCF101, HMDB51 and Kinetics-400, or from a class-per-folder tree.
+
+Every builder returns a ``ManifestBuild``: the rows plus the problems found on the way (duplicates, unknown
+labels, missing video files), so that the caller decides what to print and what to drop. Rows with an unknown
+label are never emitted (they cannot be trained on); duplicates keep their first occurrence.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from actrec.data_manifests.manifest import ManifestRow
+from actrec.errors import InputError
+
+KINETICS_PATTERN = "{youtube_id}_{time_start:06d}_{time_end:06d}.mp4"
+VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
+_HMDB_FILE = re.compile(r"^(?P<cls>.+)_test_split(?P<split>\d)\.txt$")
+_HMDB_SPLIT_IDS = {"1": "train", "2": "test"}  # 0 = unused in this split
+
+
+@dataclass
+class ManifestBuild:
+    """Rows of a manifest and the problems met while building it (each a one-line message)."""
+
+    rows: list[ManifestRow]
+    duplicates: list[str] = field(default_factory=list)
+    unknown_labels: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[str]:
+        return ([f"duplicate: {d}" for d in self.duplicates] + [f"unknown label: {u}" for u in self.unknown_labels]
+                + [f"missing video: {m}" for m in self.missing])
+
+    def counts(self) -> dict[str, int]:
+        """Number of rows per split."""
+        out: dict[str, int] = {}
+        for row in self.rows:
+            out[row.split] = out.get(row.split, 0) + 1
+        return out
+
+
+def _read_lines(path: Path) -> list[str]:
+    if not path.is_file():
+        raise InputError(f"{path}: split file not found")
+    return [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+
+
+def _video_id(path: str) -> str:
+    return Path(path).stem
+
+
+def _collect(candidates: Iterable[tuple[str, str, str | None]], classes: Sequence[str], source: str) -> ManifestBuild:
+    """Turn (relative path, split, label name or None) triples into rows, recording duplicates and unknown labels."""
+    index = {name: i for i, name in enumerate(classes)}
+    build = ManifestBuild(rows=[])
+    seen: set[str] = set()
+    for rel, split, label_name in candidates:
+        vid = _video_id(rel)
+        if vid in seen:
+            build.duplicates.append(f"{source}: {rel}")
+            continue
+        if label_name is None:
+            build.rows.append(ManifestRow(vid, rel, -1, "", split))
+        elif label_name in index:
+            build.rows.append(ManifestRow(vid, rel, index[label_name], label_name, split))
+        else:
+            build.unknown_labels.append(f"{source}: {rel} has label {label_name!r}")
+            continue
+        seen.add(vid)
+    return build
+
+
+def ucf101_manifest(splits_dir: str | Path, split: int = 1) -> ManifestBuild:
+    """UCF101 from ``ucfTrainTestlist`` (classInd.txt, trainlist0N.txt, testlist0N.txt), official split 1, 2 or 3.
+
+    Train rows carry a 1-based label that must agree with the class folder; test rows take the label of their
+    class folder, as every published pipeline does.
+    """
+    _check_split(split)
+    root = Path(splits_dir)
+    classes = [line.split()[1] for line in _read_lines(root / "classInd.txt")]
+
+    def rows(kind: str) -> Iterator[tuple[str, str, str | None]]:
+        for line in _read_lines(root / f"{kind}list0{split}.txt"):
+            parts = line.split()
+            rel, folder = parts[0], parts[0].split("/")[0]
+            if len(parts) > 1 and not (parts[1].isdigit() and 0 < int(parts[1]) <= len(classes)
+                                       and classes[int(parts[1]) - 1] == folder):
+                yield rel, kind, f"{folder} (index {parts[1]})"
+            else:
+                yield rel, kind, folder
+
+    return _collect((r for kind in ("train", "test") for r in rows(kind)), classes, f"{root} split {split}")
+
+
+def hmdb51_manifest(splits_dir: str | Path, split: int = 1, class_list: str | Path | None = None) -> ManifestBuild:
+    """HMDB51 from ``testTrainMulti_7030_splits`` (``<class>_test_split<k>.txt``: 1 train, 2 test, 0 unused).
+
+    Class order: ``class_list`` (whitespace-separated names, the TSN order) when given, else sorted class names.
+    Paths are ``<class>/<video>.avi`` relative to the video root.
+    """
+    _check_split(split)
+    root = Path(splits_dir)
+    files = sorted(p for p in root.glob(f"*_test_split{split}.txt") if _HMDB_FILE.match(p.name))
+    if not files:
+        raise InputError(f"{root}: no HMDB51 files '<class>_test_split{split}.txt' found")
+    file_classes = [_HMDB_FILE.match(p.name)["cls"] for p in files]  # type: ignore[index]
+    classes = Path(class_list).read_text().split() if class_list else sorted(file_classes)
+
+    def rows() -> Iterator[tuple[str, str, str | None]]:
+        for path, cls in zip(files, file_classes):
+            for line in _read_lines(path):
+                name, flag = (line.split() + ["?"])[:2]
+                if flag in _HMDB_SPLIT_IDS:
+                    yield f"{cls}/{name}", _HMDB_SPLIT_IDS[flag], cls
+                elif flag != "0":
+                    raise InputError(f"{path}: line {line!r} has split id {flag!r}, expected 0, 1 or 2")
+
+    return _collect(rows(), classes, f"{root} split {split}")
+
+
+def kinetics_manifest(csv_paths: Sequence[str | Path], label_map: str | Path | None = None,
+                      pattern: str = KINETICS_PATTERN) -> ManifestBuild:
+    """Kinetics-400 from the official CSVs (``label,youtube_id,time_start,time_end,split[,is_cc]``).
+
+    ``pattern`` names the file of a row from its fields (``youtube_id``, ``time_start``, ``time_end``, ``label``,
+    ``split``), e.g. ``{split}/{label}/{youtube_id}_{time_start:06d}_{time_end:06d}.mp4``. Class order is the
+    label map's (one name per line) when given, else the sorted label set of the CSVs. Test CSVs without a label
+    column give label -1.
+    """
+    tables = [_read_kinetics_csv(Path(p)) for p in csv_paths]
+    if label_map:
+        classes = _read_lines(Path(label_map))
+    else:
+        classes = sorted({r["label"] for rows in tables for r in rows if r.get("label")})
+
+    def rows() -> Iterator[tuple[str, str, str | None]]:
+        for path, table in zip(csv_paths, tables):
+            for r in table:
+                try:
+                    rel = pattern.format(youtube_id=r["youtube_id"], time_start=int(r["time_start"]),
+                                         time_end=int(r["time_end"]), label=r.get("label", ""), split=r["split"])
+                except (KeyError, ValueError) as exc:
+                    raise InputError(f"{path}: cannot name row {r} with pattern {pattern!r} ({exc})") from None
+                split = "val" if r["split"] in ("val", "validate") else r["split"]
+                yield rel, split, r.get("label") or None
+
+    return _collect(rows(), classes, "kinetics")
+
+
+def _read_kinetics_csv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        raise InputError(f"{path}: Kinetics CSV not found")
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        needed = {"youtube_id", "time_start", "time_end", "split"}
+        if not needed <= set(reader.fieldnames or ()):
+            raise InputError(f"{path}: not a Kinetics CSV (needs columns {', '.join(sorted(needed))})")
+        return list(reader)
+
+
+def folder_manifest(video_root: str | Path, split: str = "train",
+                    extensions: Sequence[str] = VIDEO_EXTENSIONS) -> ManifestBuild:
+    """A class-per-folder tree: ``root/<class>/<video>``, or ``root/<train|val|test>/<class>/<video>``.
+
+    Classes are the sorted folder names; with split folders every video takes its folder's split, otherwise
+    ``split``.
+    """
+    root = Path(video_root)
+    if not root.is_dir():
+        raise InputError(f"{root}: video folder not found")
+    tops = sorted(p for p in root.iterdir() if p.is_dir())
+    split_dirs = [p for p in tops if p.name in ("train", "val", "test")]
+    sources = [(p, p.name) for p in split_dirs] if split_dirs and len(split_dirs) == len(tops) else [(root, split)]
+    classes = sorted({c.name for base, _ in sources for c in base.iterdir() if c.is_dir()})
+    exts = {e.lower() for e in extensions}
+
+    def rows() -> Iterator[tuple[str, str, str | None]]:
+        for base, base_split in sources:
+            for class_dir in sorted(c for c in base.iterdir() if c.is_dir()):
+                for video in sorted(class_dir.rglob("*")):
+                    if video.is_file() and video.suffix.lower() in exts:
+                        yield video.relative_to(root).as_posix(), base_split, class_dir.name
+
+    return _collect(rows(), classes, str(root))
+
+
+def check_videos(build: ManifestBuild, video_root: str | Path, drop_missing: bool = True) -> ManifestBuild:
+    """Record the rows whose video file does not exist under ``video_root``; drop them unless asked to keep."""
+    root = Path(video_root)
+    missing = [r for r in build.rows if not (root / r.path).is_file()]
+    missing_ids = {r.video_id for r in missing}
+    rows = [r for r in build.rows if r.video_id not in missing_ids] if drop_missing else build.rows
+    return replace(build, rows=rows, missing=build.missing + [str(root / r.path) for r in missing])
+
+
+def _check_split(split: int) -> None:
+    if split not in (1, 2, 3):
+        raise InputError(f"official split must be 1, 2 or 3, got {split}")
+
+
+def scan_videos(video_root: str | Path, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> ManifestBuild:
+    """Every video file under ``video_root`` (recursively), unlabelled, for jobs that need no manifest."""
+    root = Path(video_root)
+    if not root.is_dir():
+        raise InputError(f"{root}: video folder not found")
+    exts = {e.lower() for e in extensions}
+    paths = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts)
+    return _collect(((rel, "test", None) for rel in paths), [], str(root))

@@ -1,0 +1,163 @@
+"""Frame extraction into a sharded HDF5 frame store, and ``FrameStore``, its random-access reader.
+
+A video's group ``videos/<video_id>`` holds one dataset ``frames`` and attributes ``num_frames``, ``height``,
+``width``, ``fps`` (of the stored frames), ``source_fps``, ``source_path``, ``source_width``, ``source_height``,
+``rotation``, ``declared_frames``, ``decoded_frames``, ``encoding`` and ``partial``. With the default ``jpeg``
+encoding, ``frames`` is a 1-D variable-length uint8 dataset: entry i is the JPEG file of frame i (RGB picture,
+decodable by any JPEG reader). With ``raw``, ``frames`` is ``uint8[T, H, W, 3]`` RGB, one gzip-compressed chunk
+per frame. Frame indices are 0-based.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import cv2
+import numpy as np
+
+from actrec.data_manifests.manifest import ManifestRow
+from actrec.errors import InputError, StoreError
+from actrec.pipeline.decode import DecodeError, DecodeResult, ResizeSpec, decode_video
+from actrec.pipeline.stage import (Outcome, StageSummary, WorkItem, plan_shards, pool_executor, resolve_rank,
+                                   run_stage, shard_count)
+from actrec.pipeline.store import Dataset, ShardedReader, StoreLayout, init_store, is_disk_full, write_part
+
+KIND = "frames"
+ENCODINGS = ("jpeg", "raw")
+PARTIAL_POLICIES = ("keep", "fail")
+# A container may over-count by a frame or two (e.g. an edit list); fewer decoded frames than this is "partial".
+_PARTIAL_TOLERANCE = 0.95
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    """How frames are decoded and stored; everything but ``threads`` is recorded in the store's metadata."""
+
+    resize: ResizeSpec = ResizeSpec()
+    fps: float | None = None  # resample to this frame rate; None keeps every decoded frame
+    encoding: str = "jpeg"  # "jpeg" (smallest; chosen by benchmarks/bench_store.py) or "raw" (lossless)
+    jpeg_quality: int = 95  # the field's usual quality (OpenCV's default)
+    partial: str = "keep"  # a video that decodes only partly: "keep" its frames with a warning, or "fail" it
+    threads: int = 0  # FFmpeg decoding threads per worker (0 = automatic)
+
+    def store_params(self) -> dict[str, Any]:
+        params = asdict(self)
+        params.pop("threads")
+        params["resize"] = asdict(self.resize)
+        return params
+
+
+def encode_frames(frames: Sequence[np.ndarray], encoding: str, jpeg_quality: int = 95) -> Dataset:
+    """The ``frames`` dataset of a video from its RGB frames, in the store's encoding."""
+    if encoding == "jpeg":
+        return Dataset([_jpeg(f, jpeg_quality) for f in frames])
+    if encoding == "raw":
+        stack = np.stack(frames)  # (T, H, W, 3)
+        return Dataset(stack, chunks=(1, *stack.shape[1:]), compression="gzip", compression_opts=1, shuffle=False)
+    raise InputError(f"unknown frame encoding {encoding!r}; expected one of {', '.join(ENCODINGS)}")
+
+
+def _jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return buf.reshape(-1)
+
+
+def decode_jpeg(buf: np.ndarray) -> np.ndarray:
+    """RGB ``uint8[H, W, 3]`` from the JPEG bytes of one stored frame."""
+    bgr = cv2.imdecode(np.asarray(buf, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise StoreError("stored JPEG frame cannot be decoded")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def extract_video(item: WorkItem, layout: StoreLayout, options: ExtractOptions) -> Outcome:
+    """Decode one video and write it as a part file. Never raises for a bad video: the outcome says what failed."""
+    path = Path(item.source)
+    result = DecodeResult()
+    try:
+        frames = list(decode_video(path, options.resize, options.fps, options.threads, result))
+        warning = _partial_warning(path, result)
+        if warning and options.partial == "fail":
+            return Outcome(item.video_id, item.source, "failed", message=f"{warning} (--partial fail)")
+        encoded = encode_frames(frames, options.encoding, options.jpeg_quality)
+        attrs = _video_attrs(path, frames, result, options, partial=bool(warning))
+        nbytes = write_part(layout, item.shard, item.video_id, {"frames": encoded}, attrs)
+    except DecodeError as exc:
+        return Outcome(item.video_id, item.source, "failed", message=str(exc))
+    except OSError as exc:
+        if is_disk_full(exc):
+            return Outcome(item.video_id, item.source, "disk_full", message=str(exc))
+        return Outcome(item.video_id, item.source, "failed", message=f"{path}: I/O error ({exc})")
+    except Exception as exc:  # noqa: BLE001 - one video's unexpected error must not stop the job; it is reported
+        return Outcome(item.video_id, item.source, "failed", message=f"{path}: {type(exc).__name__}: {exc}")
+    return Outcome(item.video_id, item.source, "done", frames=len(frames), nbytes=nbytes, message=warning)
+
+
+def _partial_warning(path: Path, result: DecodeResult) -> str:
+    if result.error:
+        return f"{path}: partial video, {result.error}"
+    declared = result.info.declared_frames if result.info else 0
+    if declared and result.decoded_frames < _PARTIAL_TOLERANCE * declared:
+        return (f"{path}: partial video, decoded {result.decoded_frames} of the {declared} frames "
+                "the container declares (truncated file?)")
+    return ""
+
+
+def _video_attrs(path: Path, frames: list[np.ndarray], result: DecodeResult, options: ExtractOptions,
+                 partial: bool) -> dict[str, Any]:
+    info = result.info
+    assert info is not None  # decode_video raises before the first frame otherwise
+    height, width = frames[0].shape[:2]
+    return {"num_frames": len(frames), "height": height, "width": width,
+            "fps": float(options.fps or info.source_fps), "source_fps": info.source_fps,
+            "source_path": str(path), "source_width": info.source_width, "source_height": info.source_height,
+            "rotation": info.rotation, "declared_frames": info.declared_frames,
+            "decoded_frames": result.decoded_frames, "encoding": options.encoding, "partial": partial}
+
+
+def extract_frames(rows: Sequence[ManifestRow], video_root: str | Path, out: str | Path,
+                   options: ExtractOptions = ExtractOptions(), *, workers: int = 1, videos_per_shard: int = 128,
+                   rank: int | None = None, world_size: int | None = None, progress: bool = True,
+                   log: Callable[[str], None] = print) -> StageSummary:
+    """Extract the frames of the manifest rows (paths relative to ``video_root``) into the store at ``out``.
+
+    Resumable (finished videos are skipped), crash-safe, and split across ranks by shard.
+    """
+    if options.encoding not in ENCODINGS:
+        raise InputError(f"unknown frame encoding {options.encoding!r}; expected one of {', '.join(ENCODINGS)}")
+    if options.partial not in PARTIAL_POLICIES:
+        raise InputError(f"unknown partial policy {options.partial!r}; expected keep or fail")
+    rank, world_size = resolve_rank(rank, world_size)
+    layout = init_store(out, KIND, options.store_params(), shard_count(len(rows), videos_per_shard))
+    root = Path(video_root)
+    items = plan_shards([(r.video_id, str(root / r.path)) for r in rows], layout.num_shards, rank, world_size)
+    if options.threads == 0:
+        options = ExtractOptions(**{**options.__dict__, "threads": max(1, (os.cpu_count() or 1) // workers)})
+    return run_stage("extract-frames", layout, items, pool_executor(extract_video, workers, layout, options),
+                     rank=rank, progress=progress, log=log)
+
+
+class FrameStore(ShardedReader):
+    """Random access to the RGB frames of any video of a frame store; safe to use in DataLoader workers."""
+
+    def __init__(self, root: str | Path) -> None:
+        super().__init__(root, KIND)
+
+    def num_frames(self, video_id: str) -> int:
+        return int(self.group(video_id).attrs["num_frames"])
+
+    def read(self, video_id: str, indices: Sequence[int] | None = None) -> np.ndarray:
+        """RGB frames ``uint8[len(indices), H, W, 3]`` of a video (all frames when ``indices`` is None)."""
+        dset = self.group(video_id)["frames"]
+        n = dset.shape[0]
+        idx = list(range(n)) if indices is None else [int(i) for i in indices]
+        if any(not 0 <= i < n for i in idx):
+            raise StoreError(f"{self.root}: frame index out of range for {video_id!r} ({n} frames): {idx}")
+        if dset.dtype == np.uint8:  # raw encoding: one chunk per frame
+            return np.stack([dset[i] for i in idx])
+        return np.stack([decode_jpeg(dset[i]) for i in idx])
