@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Iterator
 
 import av
-import cv2
 import numpy as np
 
 from actrec.errors import InputError
@@ -65,15 +64,18 @@ class DecodeResult:
 
     info: VideoInfo | None = None
     decoded_frames: int = 0
+    output_size: tuple[int, int] | None = None  # (width, height) of the frames handed out
     error: str | None = None
 
 
-def decode_video(path: str | Path, resize: ResizeSpec = ResizeSpec(), fps: float | None = None,
-                 threads: int = 0, result: DecodeResult | None = None) -> Iterator[np.ndarray]:
-    """Yield RGB ``uint8[H, W, 3]`` frames of ``path`` at the target size (and ``fps``, when given).
+def decode_frames(path: str | Path, resize: ResizeSpec = ResizeSpec(), fps: float | None = None,
+                  threads: int = 0, result: DecodeResult | None = None,
+                  pixel_format: str = "rgb24") -> Iterator[av.VideoFrame]:
+    """Yield the displayed frames of ``path`` (rotation applied) at the target size, in ``pixel_format``.
 
-    ``threads`` is FFmpeg's decoding thread count (0 = automatic). Errors before the first frame raise
-    ``DecodeError``; an error after it ends the stream and is recorded in ``result.error``.
+    Scaling and pixel-format conversion happen in one swscale pass. ``threads`` is FFmpeg's decoding thread count
+    (0 = automatic). Errors before the first frame raise ``DecodeError``; an error after it ends the stream and is
+    recorded in ``result.error``.
     """
     path = Path(path)
     result = result if result is not None else DecodeResult()
@@ -89,11 +91,18 @@ def decode_video(path: str | Path, resize: ResizeSpec = ResizeSpec(), fps: float
         info = _video_info(stream, first)
         result.info = info
         out_w, out_h = resize.output_size(*_display_size(info))
-        timed = _resample(_with_times(first, frames), fps, info.source_fps) if fps else (f for f, _ in _with_times(first, frames))
+        timed = _resample(_with_times(first, frames), fps, info.source_fps) if fps else (
+            f for f, _ in _with_times(first, frames))
         for frame in timed:
-            yield _to_rgb(frame, out_w, out_h, info.rotation)
+            yield _convert(frame, out_w, out_h, info.rotation, pixel_format)
     finally:
         container.close()
+
+
+def decode_video(path: str | Path, resize: ResizeSpec = ResizeSpec(), fps: float | None = None,
+                 threads: int = 0, result: DecodeResult | None = None) -> Iterator[np.ndarray]:
+    """Yield RGB ``uint8[H, W, 3]`` frames of ``path`` at the target size (and ``fps``, when given)."""
+    return (frame.to_ndarray() for frame in decode_frames(path, resize, fps, threads, result, "rgb24"))
 
 
 def _open(path: Path) -> av.container.InputContainer:
@@ -165,17 +174,16 @@ def _resample(timed: Iterator[tuple[av.VideoFrame, float]], fps: float, source_f
             k += 1
 
 
-def _to_rgb(frame: av.VideoFrame, out_w: int, out_h: int, rotation: int) -> np.ndarray:
-    """Convert to RGB, resize in coded orientation (so the displayed picture gets the target size), rotate."""
-    swap = rotation in (90, 270)
-    coded_w, coded_h = (out_h, out_w) if swap else (out_w, out_h)
-    rgb = frame.to_ndarray(format="rgb24")
-    if (rgb.shape[1], rgb.shape[0]) != (coded_w, coded_h):
-        shrink = coded_w * coded_h < rgb.shape[0] * rgb.shape[1]
-        rgb = cv2.resize(rgb, (coded_w, coded_h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    if rotation:
-        rgb = np.ascontiguousarray(np.rot90(rgb, k=rotation // 90))
-    return rgb
+def _convert(frame: av.VideoFrame, out_w: int, out_h: int, rotation: int, pixel_format: str) -> av.VideoFrame:
+    """Scale in coded orientation (so the displayed picture gets the target size), rotate, convert."""
+    coded_w, coded_h = (out_h, out_w) if rotation in (90, 270) else (out_w, out_h)
+    shrink = coded_w * coded_h < frame.width * frame.height
+    interpolation = "AREA" if shrink else "BICUBIC"
+    if not rotation:
+        return frame.reformat(width=coded_w, height=coded_h, format=pixel_format, interpolation=interpolation)
+    rgb = frame.reformat(width=coded_w, height=coded_h, format="rgb24", interpolation=interpolation).to_ndarray()
+    rotated = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.rot90(rgb, k=rotation // 90)), format="rgb24")
+    return rotated if pixel_format == "rgb24" else rotated.reformat(format=pixel_format)
 
 
 def default_threads() -> int:

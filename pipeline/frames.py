@@ -3,8 +3,9 @@
 A video's group ``videos/<video_id>`` holds one dataset ``frames`` and attributes ``num_frames``, ``height``,
 ``width``, ``fps`` (of the stored frames), ``source_fps``, ``source_path``, ``source_width``, ``source_height``,
 ``rotation``, ``declared_frames``, ``decoded_frames``, ``encoding`` and ``partial``. With the default ``jpeg``
-encoding, ``frames`` is a 1-D variable-length uint8 dataset: entry i is the JPEG file of frame i (RGB picture,
-decodable by any JPEG reader). With ``raw``, ``frames`` is ``uint8[T, H, W, 3]`` RGB, one gzip-compressed chunk
+encoding, ``frames`` is a 1-D variable-length uint8 dataset: entry i is the JPEG file of frame i (baseline JPEG,
+YCbCr 4:2:0, written by FFmpeg's MJPEG encoder exactly as ``ffmpeg -q:v Q img_%05d.jpg`` would; any JPEG reader
+decodes it). With ``raw``, ``frames`` is ``uint8[T, H, W, 3]`` RGB, one gzip-compressed chunk
 per frame. Frame indices are 0-based.
 """
 
@@ -13,14 +14,16 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from fractions import Fraction
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
+import av
 import cv2
 import numpy as np
 
 from actrec.data_manifests.manifest import ManifestRow
 from actrec.errors import InputError, StoreError
-from actrec.pipeline.decode import DecodeError, DecodeResult, ResizeSpec, decode_video
+from actrec.pipeline.decode import DecodeError, DecodeResult, ResizeSpec, decode_frames
 from actrec.pipeline.stage import (Outcome, StageSummary, WorkItem, plan_shards, pool_executor, resolve_rank,
                                    run_stage, shard_count)
 from actrec.pipeline.store import Dataset, ShardedReader, StoreLayout, init_store, is_disk_full, write_part
@@ -39,7 +42,7 @@ class ExtractOptions:
     resize: ResizeSpec = ResizeSpec()
     fps: float | None = None  # resample to this frame rate; None keeps every decoded frame
     encoding: str = "jpeg"  # "jpeg" (smallest; chosen by benchmarks/bench_store.py) or "raw" (lossless)
-    jpeg_quality: int = 95  # the field's usual quality (OpenCV's default)
+    jpeg_qscale: int = 2  # FFmpeg's JPEG quantiser scale, 2 (best) .. 31; 2 is `ffmpeg -q:v 2`, ~40 dB PSNR
     partial: str = "keep"  # a video that decodes only partly: "keep" its frames with a warning, or "fail" it
     threads: int = 0  # FFmpeg decoding threads per worker (0 = automatic)
 
@@ -50,21 +53,33 @@ class ExtractOptions:
         return params
 
 
-def encode_frames(frames: Sequence[np.ndarray], encoding: str, jpeg_quality: int = 95) -> Dataset:
-    """The ``frames`` dataset of a video from its RGB frames, in the store's encoding."""
+PIXEL_FORMATS = {"jpeg": "yuvj420p", "raw": "rgb24"}  # what the decoder hands each encoding
+
+
+def encode_frames(frames: Iterable[av.VideoFrame], encoding: str, jpeg_qscale: int = 2) -> Dataset:
+    """The ``frames`` dataset of a video from its decoded frames (in ``PIXEL_FORMATS[encoding]``)."""
     if encoding == "jpeg":
-        return Dataset([_jpeg(f, jpeg_quality) for f in frames])
+        return Dataset(list(_mjpeg(frames, jpeg_qscale)))
     if encoding == "raw":
-        stack = np.stack(frames)  # (T, H, W, 3)
-        return Dataset(stack, chunks=(1, *stack.shape[1:]), compression="gzip", compression_opts=1, shuffle=False)
+        stack = np.stack([f.to_ndarray() for f in frames])  # (T, H, W, 3)
+        return Dataset(stack, chunks=(1, *stack.shape[1:]), compression="gzip", compression_opts=1)
     raise InputError(f"unknown frame encoding {encoding!r}; expected one of {', '.join(ENCODINGS)}")
 
 
-def _jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise RuntimeError("JPEG encoding failed")
-    return buf.reshape(-1)
+def _mjpeg(frames: Iterable[av.VideoFrame], qscale: int) -> Iterator[np.ndarray]:
+    """JPEG files of yuvj420p frames, from FFmpeg's MJPEG encoder at a fixed quantiser scale."""
+    encoder = None
+    for i, frame in enumerate(frames):
+        if encoder is None:
+            encoder = av.CodecContext.create("mjpeg", "w")
+            encoder.width, encoder.height, encoder.pix_fmt = frame.width, frame.height, "yuvj420p"
+            encoder.time_base = Fraction(1, 25)
+            encoder.flags |= av.codec.context.Flags.qscale
+            encoder.options = {"qmin": str(qscale), "qmax": str(qscale)}
+            encoder.thread_count = 1
+        frame.pts, frame.time_base = i, encoder.time_base
+        (packet,) = encoder.encode(frame)
+        yield np.frombuffer(bytes(packet), dtype=np.uint8)
 
 
 def decode_jpeg(buf: np.ndarray) -> np.ndarray:
@@ -80,12 +95,13 @@ def extract_video(item: WorkItem, layout: StoreLayout, options: ExtractOptions) 
     path = Path(item.source)
     result = DecodeResult()
     try:
-        frames = list(decode_video(path, options.resize, options.fps, options.threads, result))
+        frames = decode_frames(path, options.resize, options.fps, options.threads, result,
+                               PIXEL_FORMATS[options.encoding])
+        encoded = encode_frames(_remember_size(frames, result), options.encoding, options.jpeg_qscale)
         warning = _partial_warning(path, result)
         if warning and options.partial == "fail":
             return Outcome(item.video_id, item.source, "failed", message=f"{warning} (--partial fail)")
-        encoded = encode_frames(frames, options.encoding, options.jpeg_quality)
-        attrs = _video_attrs(path, frames, result, options, partial=bool(warning))
+        attrs = _video_attrs(path, len(encoded.data), result, options, partial=bool(warning))
         nbytes = write_part(layout, item.shard, item.video_id, {"frames": encoded}, attrs)
     except DecodeError as exc:
         return Outcome(item.video_id, item.source, "failed", message=str(exc))
@@ -95,7 +111,13 @@ def extract_video(item: WorkItem, layout: StoreLayout, options: ExtractOptions) 
         return Outcome(item.video_id, item.source, "failed", message=f"{path}: I/O error ({exc})")
     except Exception as exc:  # noqa: BLE001 - one video's unexpected error must not stop the job; it is reported
         return Outcome(item.video_id, item.source, "failed", message=f"{path}: {type(exc).__name__}: {exc}")
-    return Outcome(item.video_id, item.source, "done", frames=len(frames), nbytes=nbytes, message=warning)
+    return Outcome(item.video_id, item.source, "done", frames=len(encoded.data), nbytes=nbytes, message=warning)
+
+
+def _remember_size(frames: Iterator[av.VideoFrame], result: DecodeResult) -> Iterator[av.VideoFrame]:
+    for frame in frames:
+        result.output_size = (frame.width, frame.height)
+        yield frame
 
 
 def _partial_warning(path: Path, result: DecodeResult) -> str:
@@ -108,12 +130,12 @@ def _partial_warning(path: Path, result: DecodeResult) -> str:
     return ""
 
 
-def _video_attrs(path: Path, frames: list[np.ndarray], result: DecodeResult, options: ExtractOptions,
+def _video_attrs(path: Path, num_frames: int, result: DecodeResult, options: ExtractOptions,
                  partial: bool) -> dict[str, Any]:
     info = result.info
-    assert info is not None  # decode_video raises before the first frame otherwise
-    height, width = frames[0].shape[:2]
-    return {"num_frames": len(frames), "height": height, "width": width,
+    assert info is not None and result.output_size is not None  # decoding raised before the first frame otherwise
+    width, height = result.output_size
+    return {"num_frames": num_frames, "height": height, "width": width,
             "fps": float(options.fps or info.source_fps), "source_fps": info.source_fps,
             "source_path": str(path), "source_width": info.source_width, "source_height": info.source_height,
             "rotation": info.rotation, "declared_frames": info.declared_frames,

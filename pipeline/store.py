@@ -150,10 +150,9 @@ def _create_dataset(group: h5py.Group, name: str, ds: Dataset) -> None:
     if isinstance(ds.data, np.ndarray):
         group.create_dataset(name, data=ds.data, **options)
         return
-    items = list(ds.data)
-    dset = group.create_dataset(name, shape=(len(items),), dtype=h5py.vlen_dtype(np.uint8), **options)
-    for i, item in enumerate(items):
-        dset[i] = item
+    items = np.empty(len(ds.data), dtype=object)
+    items[:] = list(ds.data)
+    group.create_dataset(name, data=items, dtype=h5py.vlen_dtype(np.uint8), **options)
 
 
 def clean_partial_files(layout: StoreLayout, shards: Iterable[int]) -> int:

@@ -97,11 +97,12 @@ def test_partial_videos_are_kept_with_a_warning(store) -> None:
 def test_frames_match_a_direct_decode(store, videos_dir: Path) -> None:
     out, _, _ = store
     with av.open(str(videos_dir / "kinetics_tai_chi.mp4")) as c:
-        direct = [cv2.resize(f.to_ndarray(format="rgb24"), SIZE, interpolation=cv2.INTER_AREA)
+        direct = [f.reformat(width=SIZE[0], height=SIZE[1], format="rgb24", interpolation="AREA").to_ndarray()
                   for i, f in zip(range(40), c.decode(video=0))]
     stored = FrameStore(out).read("kinetics_tai_chi", [0, 17, 39])
     for got, want in zip(stored, [direct[0], direct[17], direct[39]]):
-        assert np.abs(got.astype(int) - want.astype(int)).mean() < 2.0  # JPEG q95 loss only
+        mse = np.mean((got.astype(float) - want) ** 2)
+        assert 10 * np.log10(255 ** 2 / mse) > 36  # JPEG at qscale 2 loses little
 
 
 def test_reader_random_access_and_dataloader_workers(store) -> None:
@@ -138,7 +139,8 @@ def test_rotation_metadata_is_applied(tmp_path: Path, videos_dir: Path) -> None:
     with av.open(str(clip)) as c:
         coded = next(c.decode(video=0)).to_ndarray(format="rgb24")
     expected = np.rot90(cv2.resize(coded, (114, 64), interpolation=cv2.INTER_AREA), k=3)  # 90 degrees clockwise
-    assert np.abs(stored[0].astype(int) - expected.astype(int)).mean() < 1.0
+    assert np.abs(stored[0].astype(int) - expected.astype(int)).mean() < 3.0  # swscale vs OpenCV area filters
+    assert np.abs(stored[0].astype(int) - np.rot90(expected, 2).astype(int)).mean() > 20  # not rotated the other way
 
 
 def test_fps_resampling(tmp_path: Path, videos_dir: Path) -> None:
