@@ -13,13 +13,12 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from joblib import Parallel, delayed
 from tqdm import tqdm
 
 from actrec.errors import InputError, StoreError
-from actrec.pipeline.store import StoreLayout, clean_partial_files, finished_videos, seal_shard
 
 
 @dataclass(frozen=True)
@@ -110,7 +109,19 @@ def pool_executor(work: Callable[..., Outcome], workers: int, *args: Any) -> Exe
     return execute
 
 
-def run_stage(name: str, layout: StoreLayout, items: list[WorkItem], execute: Executor, *, rank: int = 0,
+class Sink(Protocol):
+    """Where a stage's results go: a store (``StoreLayout``) or a plain folder tree."""
+
+    root: Path
+
+    def prepare(self, shards: Sequence[int]) -> dict[int, set[str]]:
+        """Remove what a killed run left half-written; return the finished videos of each shard."""
+
+    def seal(self, shard: int) -> None:
+        """Make a shard whose videos were all attempted final."""
+
+
+def run_stage(name: str, sink: Sink, items: list[WorkItem], execute: Executor, *, rank: int = 0,
               progress: bool = True, log: Callable[[str], None] = print) -> StageSummary:
     """Run ``execute`` on the unfinished items, sealing shards as they complete; return the summary.
 
@@ -120,28 +131,27 @@ def run_stage(name: str, layout: StoreLayout, items: list[WorkItem], execute: Ex
     start = time.perf_counter()
     summary = StageSummary(name=name, planned=len(items))
     shards = sorted({it.shard for it in items})
-    clean_partial_files(layout, shards)
-    done = finished_videos(layout, shards)
+    done = sink.prepare(shards)
     todo = [it for it in items if it.video_id not in done[it.shard]]
     summary.skipped = len(items) - len(todo)
     shard_of = {it.video_id: it.shard for it in todo}
     remaining = {s: sum(1 for it in todo if it.shard == s) for s in shards}
     for shard in shards:  # shards finished by a killed run but not sealed yet
         if remaining[shard] == 0:
-            seal_shard(layout, shard)
-    report = _FailureReport(layout.root / f"failures.rank{rank}.tsv")
+            sink.seal(shard)
+    report = _FailureReport(sink.root / f"failures.rank{rank}.tsv")
     summary.report = report.path
     bar = tqdm(total=len(todo), desc=name, unit="video", disable=not progress, dynamic_ncols=True, smoothing=0.05)
     try:
         for outcome in execute(todo):
             if outcome.status == "disk_full":
-                raise StoreError(f"{layout.root}: disk full while writing {outcome.video_id}; the store is intact "
+                raise StoreError(f"{sink.root}: disk full while writing {outcome.video_id}; the store is intact "
                                  "(finished videos are kept): free some space and rerun the same command")
             _account(summary, outcome, report, log)
             shard = shard_of[outcome.video_id]
             remaining[shard] -= 1
             if remaining[shard] == 0:
-                seal_shard(layout, shard)
+                sink.seal(shard)
             bar.update(1)
             bar.set_postfix(frames_per_s=f"{summary.frames / max(bar.format_dict['elapsed'], 1e-9):.0f}",
                             failed=summary.failed, refresh=False)

@@ -67,6 +67,16 @@ class StoreLayout:
     def shard_paths(self) -> list[Path]:
         return sorted(self.root.glob(f"{self.kind}-[0-9][0-9][0-9][0-9][0-9].h5"))
 
+    def prepare(self, shards: Iterable[int]) -> dict[int, set[str]]:
+        """Stage sink: delete a killed run's temporary files, return the finished videos per shard."""
+        shards = list(shards)
+        clean_partial_files(self, shards)
+        return finished_videos(self, shards)
+
+    def seal(self, shard: int) -> None:
+        """Stage sink: merge the shard's parts into its sealed file."""
+        seal_shard(self, shard)
+
 
 def init_store(root: str | Path, kind: str, params: Mapping[str, Any], num_shards: int) -> StoreLayout:
     """Create the store folder, or check that an existing one was written by this format with the same params.
