@@ -3,14 +3,44 @@
 from __future__ import annotations
 
 import sys
+from typing import Callable
 
 import click
 
 from actrec import __version__
+from actrec.data_manifests.build import (KINETICS_PATTERN, check_videos, folder_manifest, hmdb51_manifest,
+                                         kinetics_manifest, scan_videos, ucf101_manifest)
+from actrec.data_manifests.manifest import read_manifest, write_manifest
 from actrec.errors import ActrecError
+from actrec.pipeline.decode import ResizeSpec
+from actrec.pipeline.frames import ENCODINGS, PARTIAL_POLICIES, ExtractOptions, extract_frames
+from actrec.pipeline.flow import BACKENDS, DTYPES, FlowOptions, compute_flow, resolve_device
+from actrec.pipeline.stage import StageSummary
+from actrec.pipeline.tvl1 import TVL1Params
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class ProjectError(click.ClickException):
+    """A project error shown as one line (``error: ...``) with the error's exit code."""
+
+    def __init__(self, error: ActrecError) -> None:
+        super().__init__(str(error))
+        self.exit_code = error.exit_code
+
+    def show(self, file: object = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+class ActrecGroup(click.Group):
+    """The command group: project errors become one-line messages with their exit codes, also under CliRunner."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except ActrecError as exc:
+            raise ProjectError(exc) from None
+
+
+@click.group(cls=ActrecGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="actrec")
 def cli() -> None:
     """Two-stream action recognition: videos -> frames -> TV-L1 flow -> STILT / CoT-LSTM -> fusion."""
@@ -18,28 +48,365 @@ def cli() -> None:
 
 # --- commands: frames and manifests (pipeline/, data_manifests/) ---
 
+from actrec.pipeline import synth as _synth  # noqa: E402  (this command block's import)
+
+
+def _parse_size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
+    """Turn ``WxH`` into (width, height); the library checks the values themselves."""
+    width, sep, height = value.lower().partition("x")
+    if not (sep and width.isdigit() and height.isdigit()):
+        raise click.BadParameter(f"expected WxH such as 96x96, got {value!r}")
+    return int(width), int(height)
+
+
+def _parse_fractions(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, ...]:
+    """Turn ``0.6,0.2,0.2`` into a tuple of floats; the library checks their count and sum."""
+    try:
+        return tuple(float(part) for part in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers such as 0.6,0.2,0.2, got {value!r}") from None
+
+
+@cli.command(epilog="""\b
+Example:
+  actrec synth --out data/synth --videos-per-class 12 --frames 16 --size 96x96 --seed 0
+
+\b
+Writes data/synth/videos/<class>/<class>_<iiii>.mp4, data/synth/manifest.csv (paths relative
+to videos/), classes.txt and synth.json. Rerunning the same command skips the videos already
+written; a rerun with other --frames/--size/--fps/--seed is refused.""")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Output folder for videos/, manifest.csv, classes.txt and synth.json.")
+@click.option("--videos-per-class", type=click.IntRange(min=1), default=_synth.DEFAULT_VIDEOS_PER_CLASS,
+              show_default=True, help=f"Videos generated for each of the {len(_synth.CLASSES)} classes.")
+@click.option("--frames", type=click.IntRange(min=2), default=_synth.DEFAULT_FRAMES, show_default=True,
+              help="Frames per video (N frames give N-1 flows).")
+@click.option("--size", default="{}x{}".format(*_synth.DEFAULT_SIZE), show_default=True, callback=_parse_size,
+              help="Frame size WxH; both even (yuv420p).")
+@click.option("--fps", type=click.IntRange(min=1), default=_synth.DEFAULT_FPS, show_default=True,
+              help="Frame rate written into the videos.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Random seed; the same seed gives the same videos.")
+@click.option("--splits", "split_fractions", default=",".join(map(str, _synth.DEFAULT_SPLIT_FRACTIONS)),
+              show_default=True, callback=_parse_fractions,
+              help="Train,val,test fractions per class, summing to 1.")
+def synth(out_dir: str, videos_per_class: int, frames: int, size: tuple[int, int], fps: int, seed: int,
+          split_fractions: tuple[float, ...]) -> None:
+    """Generate the controlled synthetic action dataset (motion-only and appearance-only classes) as H.264 MP4."""
+    summary = _synth.generate_synthetic_dataset(out_dir, videos_per_class=videos_per_class, frames=frames,
+                                                size=size, fps=fps, seed=seed, split_fractions=split_fractions)
+    click.echo(summary.line())
+
+
+def parallel_options(func: Callable) -> Callable:
+    """Options shared by every per-video stage: worker processes, multi-node ranks, progress display."""
+    options = [
+        click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Worker processes on this machine."),
+        click.option("--rank", type=click.IntRange(min=0), default=None,
+                     help="This process's rank (default: $RANK as set by torchrun, else 0)."),
+        click.option("--world-size", type=click.IntRange(min=1), default=None,
+                     help="Number of processes sharing the job (default: $WORLD_SIZE, else 1)."),
+        click.option("--quiet", is_flag=True, help="No progress bar (the summary is still printed)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def finish_stage(summary: StageSummary) -> None:
+    """Print a stage's summary and exit non-zero when a video failed (1) or the run was interrupted (130)."""
+    click.echo(summary.line())
+    if summary.interrupted:
+        sys.exit(130)
+    if summary.failed:
+        sys.exit(1)
+
+
+def _parse_size(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        w, h = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"expected WIDTHxHEIGHT such as 340x256, got {value!r}") from None
+    if w < 2 or h < 2:
+        raise click.BadParameter(f"width and height must be at least 2, got {value!r}")
+    return w, h
+
+
+def _load_rows(manifest: str | None, video_root: str, splits: str | None) -> list:
+    chosen = [s.strip() for s in splits.split(",")] if splits else None
+    if manifest is None:
+        return scan_videos(video_root).rows
+    return read_manifest(manifest, chosen)
+
+
+@cli.command("make-manifest", epilog="""\b
+Examples:
+  actrec make-manifest ucf101 --splits-dir ucfTrainTestlist --split 1 --video-root UCF-101 -o ucf101_s1.csv
+  actrec make-manifest hmdb51 --splits-dir testTrainMulti_7030_splits --split 2 -o hmdb51_s2.csv
+  actrec make-manifest kinetics400 --csv kinetics-400_val.csv --label-map label_map_k400.txt -o k400_val.csv
+  actrec make-manifest folder --video-root my_videos -o mine.csv
+""")
+@click.argument("dataset", type=click.Choice(["ucf101", "hmdb51", "kinetics400", "folder"]))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Manifest CSV to write.")
+@click.option("--splits-dir", type=click.Path(exists=True, file_okay=False),
+              help="UCF101 ucfTrainTestlist folder or HMDB51 testTrainMulti_7030_splits folder.")
+@click.option("--split", type=click.IntRange(1, 3), default=1, show_default=True, help="Official split (UCF101/HMDB51).")
+@click.option("--class-list", type=click.Path(exists=True, dir_okay=False),
+              help="HMDB51 class order (whitespace-separated names); default: sorted names.")
+@click.option("--csv", "csv_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Kinetics CSV (train, val or test); repeat for several.")
+@click.option("--label-map", type=click.Path(exists=True, dir_okay=False),
+              help="Kinetics class names, one per line, in label-index order; default: sorted CSV labels.")
+@click.option("--pattern", default=KINETICS_PATTERN, show_default=True,
+              help="Kinetics file name from CSV fields {youtube_id} {time_start} {time_end} {label} {split}.")
+@click.option("--video-root", type=click.Path(exists=True, file_okay=False),
+              help="Check that every video exists here (required for 'folder').")
+@click.option("--keep-missing", is_flag=True, help="Keep rows whose video file is missing (default: drop them).")
+def make_manifest_cmd(dataset: str, output: str, splits_dir: str | None, split: int, class_list: str | None,
+                      csv_files: tuple[str, ...], label_map: str | None, pattern: str, video_root: str | None,
+                      keep_missing: bool) -> None:
+    """Build a manifest (video_id, path, label, label_name, split) from official split files or a folder tree."""
+    if dataset in ("ucf101", "hmdb51") and not splits_dir:
+        raise click.UsageError(f"{dataset} needs --splits-dir")
+    if dataset == "kinetics400" and not csv_files:
+        raise click.UsageError("kinetics400 needs at least one --csv")
+    if dataset == "folder" and not video_root:
+        raise click.UsageError("folder needs --video-root")
+    builders = {
+        "ucf101": lambda: ucf101_manifest(splits_dir, split),
+        "hmdb51": lambda: hmdb51_manifest(splits_dir, split, class_list),
+        "kinetics400": lambda: kinetics_manifest(csv_files, label_map, pattern),
+        "folder": lambda: folder_manifest(video_root),
+    }
+    build = builders[dataset]()
+    if video_root and dataset != "folder":
+        build = check_videos(build, video_root, drop_missing=not keep_missing)
+    for problem in build.problems[:20]:
+        click.echo(f"warning: {problem}", err=True)
+    if len(build.problems) > 20:
+        click.echo(f"warning: ... and {len(build.problems) - 20} more problems", err=True)
+    count = write_manifest(output, build.rows)
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(build.counts().items()))
+    click.echo(f"make-manifest: {count} videos ({counts}); {len(build.duplicates)} duplicates, "
+               f"{len(build.unknown_labels)} unknown labels, {len(build.missing)} missing -> {output}")
+
+
+@cli.command("extract-frames", epilog="""\b
+Examples:
+  actrec extract-frames --manifest ucf101_s1.csv --video-root UCF-101 --out frames/ --workers 8
+  actrec extract-frames --video-root clips/ --out frames/ --short-side 256 --fps 25
+  torchrun --nnodes 4 --nproc-per-node 1 -m actrec.cli extract-frames --manifest k400.csv --video-root K400 --out frames/ --workers 32
+\b
+A rerun with the same options skips finished videos. Failed videos are listed in OUT/failures.rankR.tsv.
+""")
+@click.option("--manifest", type=click.Path(exists=True, dir_okay=False),
+              help="Manifest CSV (default: every video under --video-root, ids from file names).")
+@click.option("--video-root", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder the manifest paths are relative to.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Frame store folder (created or resumed).")
+@click.option("--split", "splits", help="Only these manifest splits, comma-separated (e.g. train,test).")
+@click.option("--size", callback=_parse_size, default=None, help="Output WIDTHxHEIGHT [default: 340x256].")
+@click.option("--short-side", type=click.IntRange(min=2), help="Scale the short side to N, keeping aspect.")
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True), help="Resample to this frame rate.")
+@click.option("--encoding", type=click.Choice(ENCODINGS), default="jpeg", show_default=True,
+              help="Frame encoding: JPEG bytes (small) or raw gzip-compressed uint8 (lossless).")
+@click.option("--jpeg-qscale", type=click.IntRange(2, 31), default=2, show_default=True,
+              help="JPEG quantiser scale as ffmpeg's -q:v (2 = best quality, ~40 dB; larger = smaller files).")
+@click.option("--partial", type=click.Choice(PARTIAL_POLICIES), default="keep", show_default=True,
+              help="A video that decodes only partly: keep its frames with a warning, or fail it.")
+@click.option("--videos-per-shard", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Videos per HDF5 shard (fixed when the store is created).")
+@parallel_options
+def extract_frames_cmd(manifest: str | None, video_root: str, out: str, splits: str | None,
+                       size: tuple[int, int] | None, short_side: int | None, fps: float | None, encoding: str,
+                       jpeg_qscale: int, partial: str, videos_per_shard: int, workers: int, rank: int | None,
+                       world_size: int | None, quiet: bool) -> None:
+    """Decode videos (PyAV), resize, and store RGB frames in a sharded, resumable HDF5 frame store."""
+    if size and short_side:
+        raise click.UsageError("--size and --short-side are exclusive")
+    resize = ResizeSpec(None, None, short_side) if short_side else ResizeSpec(*(size or (340, 256)))
+    options = ExtractOptions(resize=resize, fps=fps, encoding=encoding, jpeg_qscale=jpeg_qscale, partial=partial)
+    rows = _load_rows(manifest, video_root, splits)
+    summary = extract_frames(rows, video_root, out, options, workers=workers, videos_per_shard=videos_per_shard,
+                             rank=rank, world_size=world_size, progress=not quiet,
+                             log=lambda line: click.echo(line, err=True))
+    finish_stage(summary)
+
+
+def tvl1_options(func: Callable) -> Callable:
+    """TV-L1 solver options (OpenCV's names and defaults), shared by every command that computes flow."""
+    defaults = TVL1Params()
+    options = [
+        click.option("--tau", type=float, default=defaults.tau, show_default=True, help="Time step of the dual update."),
+        click.option("--lambda", "lambda_", type=float, default=defaults.lambda_, show_default=True,
+                     help="Weight of the data term (smaller = smoother flow)."),
+        click.option("--theta", type=float, default=defaults.theta, show_default=True,
+                     help="Coupling between u and the auxiliary variable v."),
+        click.option("--nscales", type=click.IntRange(min=1), default=defaults.nscales, show_default=True,
+                     help="Pyramid levels."),
+        click.option("--warps", type=click.IntRange(min=1), default=defaults.warps, show_default=True,
+                     help="Warpings per level."),
+        click.option("--epsilon", type=float, default=defaults.epsilon, show_default=True,
+                     help="Stopping threshold of a warp."),
+        click.option("--inner-iterations", type=click.IntRange(min=1), default=defaults.inner_iterations,
+                     show_default=True, help="Iterations between two median filterings."),
+        click.option("--outer-iterations", type=click.IntRange(min=1), default=defaults.outer_iterations,
+                     show_default=True, help="Median filterings per warp."),
+        click.option("--scale-step", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                     default=defaults.scale_step, show_default=True, help="Downscaling factor between levels."),
+        click.option("--median-filtering", type=click.IntRange(min=1), default=defaults.median_filtering,
+                     show_default=True, help="Median filter size applied to the flow (1 = off)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def tvl1_params(kwargs: dict) -> TVL1Params:
+    """Pop the TV-L1 options parsed by ``tvl1_options`` from a command's kwargs into a TVL1Params."""
+    names = ("tau", "lambda_", "theta", "nscales", "warps", "epsilon", "inner_iterations", "outer_iterations",
+             "scale_step", "median_filtering")
+    return TVL1Params(**{name: kwargs.pop(name) for name in names})
+
+
+@cli.command("compute-flow", epilog="""\b
+Examples:
+  actrec compute-flow --frames frames/ --out flow/ --workers 2                  # CPU: OpenCV's TV-L1 in 2 processes
+  actrec compute-flow --frames frames/ --out flow/ --gpu --batch-size 128       # one GPU, batched PyTorch TV-L1
+  torchrun --nproc-per-node 8 -m actrec.cli compute-flow --frames frames/ --out flow/ --gpu   # 8 GPUs, own shards
+\b
+N frames give N-step flows; flow i maps frame i to frame i+step (0-based). Stored as uint8 in [-bound, bound].
+""")
+@click.option("--frames", "frames_root", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Frame store written by extract-frames.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Flow store folder (created or resumed).")
+@click.option("--gpu", is_flag=True, help="Compute on CUDA (cuda:$LOCAL_RANK under torchrun); an error without CUDA.")
+@click.option("--backend", type=click.Choice(BACKENDS), default=None,
+              help="torch (batched PyTorch TV-L1) or opencv (OpenCV's CPU TV-L1 in --workers processes) "
+                   "[default: torch with --gpu, else opencv, the faster one on CPUs].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Frame pairs per solver call (torch backend); pairs of several videos share a batch.")
+@click.option("--bound", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True,
+              help="Quantisation bound in pixels (mmaction2 uses 20).")
+@click.option("--step", type=click.IntRange(min=1), default=1, show_default=True, help="Flow from frame i to i+step.")
+@click.option("--dtype", type=click.Choice(DTYPES), default="uint8", show_default=True,
+              help="uint8 (quantised, the field's convention) or float16 (unquantised pixels).")
+@click.option("--videos-per-shard", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Videos per HDF5 shard (fixed when the store is created).")
+@tvl1_options
+@parallel_options
+def compute_flow_cmd(frames_root: str, out: str, gpu: bool, backend: str | None, batch_size: int, bound: float,
+                     step: int, dtype: str, videos_per_shard: int, workers: int, rank: int | None,
+                     world_size: int | None, quiet: bool, **tvl1: float) -> None:
+    """TV-L1 optical flow of consecutive frames into a sharded, resumable HDF5 flow store."""
+    options = FlowOptions(params=tvl1_params(tvl1), bound=bound, step=step, dtype=dtype,
+                          backend=backend or ("torch" if gpu else "opencv"), device=resolve_device(gpu),
+                          batch_size=batch_size)
+    summary = compute_flow(frames_root, out, options, workers=workers, videos_per_shard=videos_per_shard, rank=rank,
+                           world_size=world_size, progress=not quiet, log=lambda line: click.echo(line, err=True))
+    finish_stage(summary)
+
+
 # --- commands: optical flow (pipeline/tvl1.py) ---
 
 # --- commands: models, training, evaluation ---
 
 # --- commands: fusion (fusion/) ---
 
+def _parse_lambda(ctx: click.Context, param: click.Parameter, value: str) -> float | None:
+    """``auto`` (None: choose by cross-validation) or a finite lambda >= 0."""
+    if value == "auto":
+        return None
+    try:
+        lam = float(value)
+    except ValueError:
+        raise click.BadParameter(f"expected 'auto' or a number, found {value!r}") from None
+    if not 0 <= lam < float("inf"):
+        raise click.BadParameter(f"lambda must be a finite number >= 0, found {value}")
+    return lam
+
+
+def _score_source_options(side: str):
+    """The --SIDE-scores, --SIDE-ids and --SIDE-labels options, defined once for the train and test sides."""
+    existing = click.Path(exists=True, dir_okay=False)
+    options = [
+        click.option(f"--{side}-scores", multiple=True, required=True, type=existing,
+                     help=f"{side} scores: one actrec .npz, or .npy matrices (N, C) or (S, N, C), repeated for "
+                          "several streams"),
+        click.option(f"--{side}-ids", type=existing, help=f"video-id list (one per line) for the {side} .npy rows"),
+        click.option(f"--{side}-labels", type=existing,
+                     help=f"labels of the {side} .npy rows: an actrec manifest .csv or an int .npy"),
+    ]
+
+    def decorate(function):
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return decorate
+
+
+@cli.command("fit-fusion", epilog="""\b
+Examples:
+  actrec fit-fusion --train-scores ucf101_s1_train.npz --test-scores ucf101_s1_test.npz \\
+      --method all -o fusion.json --plot weights.png
+\b
+  actrec fit-fusion --train-scores rgb_train.npy --train-scores flow_train.npy \\
+      --train-ids train_ids.txt --train-labels ucf101_split1.csv \\
+      --test-scores rgb_test.npy --test-scores flow_test.npy \\
+      --test-ids test_ids.txt --test-labels ucf101_split1.csv \\
+      --stream-names rgb,flow --lambda 0.3 --min-weight 0.1 -o fusion.json""")
+@_score_source_options("train")
+@_score_source_options("test")
+@click.option("--stream-names", help="comma-separated names of the stacked .npy streams, e.g. rgb,flow")
+@click.option("--method", type=click.Choice(["awf", "average", "global", "early", "all"]), default="awf",
+              show_default=True, help="fusion to fit and write; 'all' fits and compares every method and writes AWF")
+@click.option("--lambda", "lam", default="auto", show_default=True, callback=_parse_lambda,
+              help="AWF lambda (eq. 5), or 'auto' to choose lambda (and w_min) by k-fold cross-validation")
+@click.option("--min-weight", type=click.FloatRange(0, 1), default=None,
+              help="AWF lower bound w_min on every stream weight (weights sum to 1) [default: 0, or CV with auto]")
+@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
+              help="k of the k-fold cross-validation behind --lambda auto")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="fusion JSON to write (weights per class and stream, lambda, w_min, names)")
+@click.option("--plot", type=click.Path(dir_okay=False),
+              help="PNG of the per-class stream weights, classes sorted by the second stream's weight")
+def fit_fusion_command(train_scores, train_ids, train_labels, test_scores, test_ids, test_labels, stream_names,
+                       method, lam, min_weight, folds, output, plot) -> None:
+    """Fit per-class stream weights (AWF) on training scores and compare fusions on test scores.
+
+    AWF solves the linear program of STILT eqs. 5-7 per class, with weights >= --min-weight summing to 1.
+    Prints top-1, top-5 and mean class accuracy of every stream and fitted method, and writes the fusion JSON.
+    """
+    import warnings
+
+    from actrec.fusion.awf import AwfParams
+    from actrec.fusion.fit import FitOptions, fit_fusion_files
+    from actrec.fusion.scores import FusionWarning, ScoreSource
+
+    names = tuple(n.strip() for n in stream_names.split(",")) if stream_names else None
+    train = ScoreSource(tuple(train_scores), train_ids, train_labels, names)
+    test = ScoreSource(tuple(test_scores), test_ids, test_labels, names)
+    options = FitOptions(method=method, awf=AwfParams(lam=lam, min_weight=min_weight, folds=folds))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FusionWarning)
+        try:
+            result = fit_fusion_files(train, test, output, options, plot)
+        finally:
+            for warning in caught:
+                click.echo(f"warning: {warning.message}", err=True)
+    click.echo(result.table)
+    for note in result.notes:
+        click.echo(note)
+    click.echo(f"wrote {output}" + (f" and {plot}" if plot else ""))
+
 
 def main() -> None:
-    """Console entry point: run the group and turn project errors into one-line messages and exit codes."""
-    try:
-        cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except ActrecError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    except SystemExit:
-        raise
+    """Console entry point."""
+    cli(prog_name="actrec")
 
 
 if __name__ == "__main__":

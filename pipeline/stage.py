@@ -47,6 +47,7 @@ class StageSummary:
     """Counts and totals of one run of a stage, printed at its end."""
 
     name: str
+    unit: str = "frames"  # what ``frames`` counts for this stage (frames, flows)
     planned: int = 0
     done: int = 0
     skipped: int = 0
@@ -62,7 +63,7 @@ class StageSummary:
     def line(self) -> str:
         rate = self.frames / self.elapsed if self.elapsed > 0 else 0.0
         text = (f"{self.name}: {self.done} done, {self.skipped} skipped (already finished), {self.failed} failed, "
-                f"{self.warned} with warnings; {self.frames} frames ({rate:.0f}/s), "
+                f"{self.warned} with warnings; {self.frames} {self.unit} ({rate:.0f}/s), "
                 f"{self.nbytes / 1e6:.1f} MB written, {self.elapsed:.1f} s")
         if self.interrupted:
             text += "; interrupted: rerun the same command to resume"
@@ -122,14 +123,14 @@ class Sink(Protocol):
 
 
 def run_stage(name: str, sink: Sink, items: list[WorkItem], execute: Executor, *, rank: int = 0,
-              progress: bool = True, log: Callable[[str], None] = print) -> StageSummary:
+              unit: str = "frames", progress: bool = True, log: Callable[[str], None] = print) -> StageSummary:
     """Run ``execute`` on the unfinished items, sealing shards as they complete; return the summary.
 
     ``log`` receives one line per failed or warned video as it happens. Ctrl-C stops cleanly: finished videos
     stay finished and the rerun resumes. A full disk stops the stage with a StoreError, the store intact.
     """
     start = time.perf_counter()
-    summary = StageSummary(name=name, planned=len(items))
+    summary = StageSummary(name=name, unit=unit, planned=len(items))
     shards = sorted({it.shard for it in items})
     done = sink.prepare(shards)
     todo = [it for it in items if it.video_id not in done[it.shard]]
@@ -153,8 +154,8 @@ def run_stage(name: str, sink: Sink, items: list[WorkItem], execute: Executor, *
             if remaining[shard] == 0:
                 sink.seal(shard)
             bar.update(1)
-            bar.set_postfix(frames_per_s=f"{summary.frames / max(bar.format_dict['elapsed'], 1e-9):.0f}",
-                            failed=summary.failed, refresh=False)
+            rate = summary.frames / max(bar.format_dict["elapsed"], 1e-9)
+            bar.set_postfix({f"{unit}/s": f"{rate:.0f}", "failed": summary.failed}, refresh=False)
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:

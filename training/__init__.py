@@ -1,0 +1,1 @@
+"""Datasets over the frame and flow stores, augmentation, training loops and evaluation."""
