@@ -54,8 +54,12 @@ class FlowOptions:
 
 
 def encode_flow(flow: np.ndarray, options: FlowOptions) -> Dataset:
-    """The ``flow`` dataset of a video from its float32 flows ``[F, H, W, 2]``."""
-    data = quantize_flow(flow, options.bound) if options.dtype == "uint8" else flow.astype(np.float16)
+    """The ``flow`` dataset of a video from its flows ``[F, H, W, 2]``: float32 pixels, or uint8 codes kept as
+    they are (already quantised, e.g. imported rawframes)."""
+    if flow.dtype == np.uint8:
+        data = flow
+    else:
+        data = quantize_flow(flow, options.bound) if options.dtype == "uint8" else flow.astype(np.float16)
     chunks = (1, *data.shape[1:]) if data.shape[0] else None
     return Dataset(data, chunks=chunks, compression="gzip" if chunks else None, compression_opts=1 if chunks else None)
 

@@ -231,15 +231,19 @@ def import_rawframes(src: str | Path, frames_out: str | Path, flow_out: str | Pa
                      naming: Naming | None = None, bound: float = 20.0, videos_per_shard: int = 128,
                      workers: int = 1, rank: int | None = None, world_size: int | None = None,
                      progress: bool = True, log: Callable[[str], None] = print) -> list[StageSummary]:
-    """Build a frame store (and a flow store) from a folder of rawframe folders, one per video.
+    """Build a frame store (and a flow store) from a folder of rawframe folders, one per video (or from one video
+    folder: then its name is the video id).
 
     ``naming`` defaults to what the first video folder shows (reported through ``log``); ``bound`` is the
     quantisation bound the flow JPEGs were written with (mmaction2 and denseflow-through-mmaction2 use 20).
     """
     root = Path(src)
-    folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if not root.is_dir():
+        raise InputError(f"{root}: rawframe folder not found")
+    numbered = any(_NUMBERED.match(p.name) for p in root.iterdir())
+    folders = [root] if numbered else sorted(p for p in root.iterdir() if p.is_dir())
     if not folders:
-        raise InputError(f"{root}: no video folders found")
+        raise InputError(f"{root}: no video folders (or numbered image files) found")
     naming = naming or detect_naming(folders[0])
     log(f"import-rawframes: {root}: {naming.describe()}")
     rank, world_size = resolve_rank(rank, world_size)

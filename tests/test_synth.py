@@ -178,4 +178,4 @@ def test_cli_writes_manifest(tmp_path: Path) -> None:
     rows = read_manifest(tmp_path / "manifest.csv")
     assert Counter(r.split for r in rows) == {"train": len(CLASSES), "test": len(CLASSES)}
     bad = runner.invoke(cli, ["synth", "--out", str(tmp_path), "--size", "32"])
-    assert bad.exit_code == 2 and "WxH" in bad.output
+    assert bad.exit_code == 2 and "WIDTHxHEIGHT" in bad.output

@@ -1,0 +1,89 @@
+"""evaluate: the score file round-trips, its scores follow the test protocol, and accuracies match hand counts."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from actrec.data_manifests.manifest import read_manifest
+from actrec.fusion.scores import load_scores
+from actrec.training.augment import AugmentParams, eval_frames, eval_view, view_boxes
+from actrec.training.checkpoint import load_checkpoint
+from actrec.training.config import TrainConfig, apply_overrides, resolve_config
+from actrec.training.datasets import ClipSource, EvalVideos
+from actrec.training.evaluate import EvalOptions, evaluate, grouped_confusion
+from actrec.training.models import build_model
+from actrec.training.trainer import train
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/ is not a package: reach the shared helper module
+import train_fixtures as fx  # noqa: E402
+from train_fixtures import one_torch_thread  # noqa: E402,F401  (autouse fixture)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    data = fx.learnable_dataset(root, train_per_class=2, test_per_class=2)
+    train(resolve_config("stilt", overrides=fx.tiny_overrides(data, iterations=3)), root / "run", progress=False)
+    return root / "run" / "checkpoint.pt", data
+
+
+def test_score_file_round_trips_and_accuracy_matches_a_hand_count(run, tmp_path):
+    checkpoint, data = run
+    options = EvalOptions(positions=3, ten_crop=False, features=True, workers=0)
+    result = evaluate(checkpoint, tmp_path / "test.npz", options, progress=False)
+    scores = load_scores(tmp_path / "test.npz")
+    rows = [r for r in read_manifest(data.manifest) if r.split == "test"]
+    assert scores.video_ids == [r.video_id for r in rows] and scores.labels.tolist() == [r.label for r in rows]
+    assert scores.stream_names == ["rgb", "flow"] and scores.class_names == ["class_0", "class_1", "class_2"]
+    assert scores.scores.shape == (2, 6, 3) and np.allclose(scores.scores.sum(-1), 1, atol=1e-5)
+    assert np.allclose(scores.model_fused, scores.scores.mean(0), atol=1e-6)  # STILT: mean of the two softmax
+    assert scores.features["rgb"].shape == scores.features["flow"].shape == (6, 256)  # 32 x width
+    by_name = {row.name: row for row in result.rows}
+    for name, matrix in [("rgb", scores.scores[0]), ("flow", scores.scores[1]), ("model fused", scores.model_fused)]:
+        hits = [int(np.argmax(matrix[i]) == scores.labels[i]) for i in range(6)]
+        assert by_name[name].top1 == pytest.approx(100 * sum(hits) / 6)
+        per_class = [100 * sum(h for h, y in zip(hits, scores.labels) if y == c) / 2 for c in range(3)]
+        assert by_name[name].mean_class == pytest.approx(sum(per_class) / 3)
+        assert by_name[name].top5 == 100.0  # 3 classes
+    with (tmp_path / "test.per_class.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert [int(row["videos"]) for row in table] == [2, 2, 2]
+    assert (tmp_path / "test.confusion.png").stat().st_size > 1000
+    assert "model fused" in result.table
+
+
+def test_scores_are_the_mean_softmax_over_the_protocols_views(run, tmp_path):
+    checkpoint, data = run
+    ten = evaluate(checkpoint, tmp_path / "ten.npz", EvalOptions(positions=2, ten_crop=True, chunk=3, workers=0),
+                   progress=False).scores
+    saved = load_checkpoint(checkpoint)
+    config = apply_overrides(TrainConfig(), saved["config"], "test")
+    model = build_model(config, 3)
+    model.load_state_dict(saved["model"])
+    model.eval()
+    rows = [r for r in read_manifest(data.manifest) if r.split == "test"]
+    source = ClipSource(data.frames, data.flow, rows, config.flow_length)
+    rgb, flow, _ = EvalVideos(source, 2)[0]
+    rgb, flow = eval_frames(rgb, flow, source.bound, AugmentParams(crop=32, resize=36), square=False)
+    views = [eval_view(rgb, flow, box, flip) for box, flip in view_boxes(36, 36, 32, ten_crop=True)]
+    with torch.no_grad():
+        output = model(torch.stack([v[0] for v in views]), torch.stack([v[1] for v in views]).flatten(2, 3))
+    expected = output.spatial_logits.softmax(1).mean(0)  # 10 views, each attending over the 2 positions
+    assert np.allclose(ten.scores[0, 0], expected.numpy(), atol=1e-5)
+
+
+def test_grouped_confusion_keeps_the_most_frequent_classes_and_an_other_group():
+    labels = np.array([0, 0, 0, 1, 1, 2, 3])
+    predicted = np.array([0, 0, 1, 1, 3, 2, 0])
+    top, matrix = grouped_confusion(labels, predicted, num_classes=4, top=2)
+    assert top == [0, 1]
+    expected = np.array([[2, 1, 0], [0, 1, 1], [1, 0, 1]], dtype=float)  # classes 2 and 3 form "other"
+    assert np.allclose(matrix, expected / expected.sum(1, keepdims=True))
+    top, matrix = grouped_confusion(labels, predicted, num_classes=4, top=10)
+    assert top == [0, 1, 2, 3] and matrix.shape == (4, 4)

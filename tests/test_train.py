@@ -1,0 +1,181 @@
+"""Training: the loss falls, resume is exact, checkpoints are checked, configs layer, torchrun matches one process."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+
+from actrec.errors import DeviceError, InputError
+from actrec.models.resnet import ResNet
+from actrec.training.checkpoint import load_checkpoint
+from actrec.training.config import TrainConfig, paper_config, resolve_config
+from actrec.training.models import build_model, load_backbones
+from actrec.training.trainer import resume_config, train
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/ is not a package: reach the shared helper module
+import train_fixtures as fx  # noqa: E402
+from train_fixtures import one_torch_thread  # noqa: E402,F401  (autouse fixture)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return fx.learnable_dataset(tmp_path_factory.mktemp("tiny"), train_per_class=2, test_per_class=1)
+
+
+@pytest.fixture(scope="module")
+def short_run(data, tmp_path_factory):
+    """A finished one-iteration run; tests copy it before changing anything."""
+    run = tmp_path_factory.mktemp("short") / "run"
+    train(resolve_config("stilt", overrides=fx.tiny_overrides(data, iterations=1)), run, progress=False)
+    return run
+
+
+def _losses(run: Path) -> list[float]:
+    with (run / "metrics.csv").open() as f:
+        return [float(row["loss"]) for row in csv.DictReader(f)]
+
+
+def _parameters(run: Path) -> dict[str, torch.Tensor]:
+    checkpoint = load_checkpoint(run / "checkpoint.pt")
+    return checkpoint["model"]
+
+
+def test_loss_falls_on_a_learnable_problem(data, tmp_path):
+    config = resolve_config("stilt", overrides=fx.tiny_overrides(data, iterations=12, batch_size=6, lr=0.05))
+    summary = train(config, tmp_path / "run", progress=False)
+    losses = _losses(tmp_path / "run")
+    assert summary.iteration == 12 and len(losses) == 12
+    assert losses[0] == pytest.approx(2 * torch.log(torch.tensor(3.0)).item(), abs=0.2)  # two streams at chance
+    assert sum(losses[-4:]) / 4 < 0.7 * sum(losses[:4]) / 4
+
+
+def test_resumed_run_matches_uninterrupted_run_bit_for_bit(data, tmp_path):
+    overrides = fx.tiny_overrides(data, iterations=6, dropout=0.5, lr_step=4)  # dropout: torch RNG is resumed too
+    train(resolve_config("stilt", overrides=overrides), tmp_path / "whole", progress=False)
+    train(resolve_config("stilt", overrides={**overrides, "iterations": 3}), tmp_path / "parts", progress=False)
+    assert load_checkpoint(tmp_path / "parts" / "checkpoint.pt")["iteration"] == 3
+    config = resume_config(tmp_path / "parts", {"iterations": 6})
+    summary = train(config, tmp_path / "parts", resume=True, progress=False)
+    assert (summary.start_iteration, summary.iteration) == (3, 6)
+    assert _losses(tmp_path / "parts") == _losses(tmp_path / "whole")
+    whole, parts = _parameters(tmp_path / "whole"), _parameters(tmp_path / "parts")
+    assert whole.keys() == parts.keys()
+    assert all(torch.equal(whole[key], parts[key]) for key in whole)
+    whole_opt = load_checkpoint(tmp_path / "whole" / "checkpoint.pt")["scheduler"]
+    assert whole_opt == load_checkpoint(tmp_path / "parts" / "checkpoint.pt")["scheduler"]
+
+
+def test_resume_refuses_changed_settings_and_fresh_run_refuses_an_existing_one(data, short_run):
+    with pytest.raises(InputError, match="lr"):
+        resume_config(short_run, {"lr": 0.5, "iterations": 2})
+    assert resume_config(short_run, {"iterations": 2, "workers": 3}).iterations == 2
+    with pytest.raises(InputError, match="--resume"):
+        train(resolve_config("stilt", overrides=fx.tiny_overrides(data)), short_run, progress=False)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\x00garbage that is no zip or pickle", "not a readable PyTorch checkpoint"),
+    (None, "not an actrec training checkpoint"),
+])
+def test_corrupt_or_foreign_checkpoint_gives_a_clear_error(tmp_path, content, message):
+    path = tmp_path / "checkpoint.pt"
+    if content is None:
+        torch.save({"conv1.weight": torch.zeros(1)}, path)  # a bare state dict from another tool
+    else:
+        path.write_bytes(content)
+    with pytest.raises(InputError, match=message):
+        load_checkpoint(path)
+    with pytest.raises(InputError, match=str(path)):
+        resume_config(tmp_path, {})
+
+
+def test_truncated_checkpoint_gives_a_clear_error(short_run, tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes((short_run / "checkpoint.pt").read_bytes()[:100_000])
+    with pytest.raises(InputError, match="corrupt or truncated"):
+        load_checkpoint(path)
+
+
+def test_config_layers_paper_defaults_file_and_overrides(data, tmp_path):
+    assert paper_config("stilt", "hmdb51").lr_step == 5000 and paper_config("stilt").lr_step == 10_000
+    cot = paper_config("cotlstm")
+    assert (cot.batch_size, cot.iterations, cot.lr_step, cot.lr, cot.momentum) == (64, 500, 450, 1e-3, 0.9)
+    stilt = TrainConfig()
+    assert (stilt.batch_size, stilt.iterations, stilt.weight_decay, stilt.segments) == (128, 50_000, 5e-4, 3)
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({**fx.tiny_overrides(data), "lr": 0.3, "scales": [1, 0.5]}))
+    config = resolve_config("stilt", path, {"lr": 0.1, "batch_size": None})
+    assert (config.lr, config.scales, config.batch_size) == (0.1, (1.0, 0.5), 4)
+    path.write_text(json.dumps({"learning_rate": 0.3}))
+    with pytest.raises(InputError, match="learning_rate"):
+        resolve_config("stilt", path)
+    with pytest.raises(InputError, match="batch_size"):
+        resolve_config("stilt", overrides=fx.tiny_overrides(data, batch_size=6, accumulate=4))
+    with pytest.raises(InputError, match="co-attention"):
+        resolve_config("cotlstm", overrides=fx.tiny_overrides(data, "cotlstm", co_attention=False))
+    two_stream = build_model(TrainConfig(reduced=True, co_attention=False, dropout=0.2), num_classes=3)
+    assert two_stream.co_attention is None  # the paper's "Two-stream" ablation: segment means
+    assert {m.p for m in two_stream.modules() if isinstance(m, torch.nn.Dropout)} == {0.2}
+
+
+def test_torchrun_two_cpu_processes_match_one_process(data, tmp_path):
+    """2 gloo processes x 2 clips == 1 process x 2 accumulated micro-batches of 2 (same BN batches, same data)."""
+    overrides = fx.tiny_overrides(data, iterations=3, lr=0.002)  # a small lr keeps rounding differences small
+    train(resolve_config("stilt", overrides={**overrides, "accumulate": 2}), tmp_path / "one", progress=False)
+    options = [f"--{key.replace('_', '-')}={value}" for key, value in overrides.items() if key != "reduced"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+               "actrec.cli", "train", "stilt", "--out", str(tmp_path / "two"), "--reduced", "--quiet", *options]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = load_checkpoint(tmp_path / "one" / "checkpoint.pt"), load_checkpoint(tmp_path / "two" / "checkpoint.pt")
+    assert two["world_size"] == 2 and len(two["rng"]) == 2
+    names = [name for name, value in one["model"].items() if value.is_floating_point() and "running" not in name]
+    for name in names:  # parameters (BN running statistics follow rank 0 under DDP)
+        assert torch.allclose(one["model"][name], two["model"][name], atol=1e-5), name
+    assert _losses(tmp_path / "one") == pytest.approx(_losses(tmp_path / "two"), rel=1e-5)
+
+
+def test_pretrained_weights_load_into_both_backbones_with_cross_modality_init(tmp_path):
+    imagenet = partial(ResNet, (1, 1, 1, 1), width=8)(in_channels=3, num_classes=1000).state_dict()
+    torch.save(imagenet, tmp_path / "imagenet.pth")
+    model = build_model(TrainConfig(reduced=True, flow_length=3), num_classes=5)
+    lines = load_backbones(model, str(tmp_path / "imagenet.pth"))
+    assert torch.equal(model.spatial_backbone.conv1.weight, imagenet["conv1.weight"])
+    flow_kernel = imagenet["conv1.weight"].mean(dim=1, keepdim=True).repeat(1, 6, 1, 1)  # 2L = 6 channels
+    assert torch.equal(model.temporal_backbone.conv1.weight, flow_kernel)
+    assert torch.equal(model.temporal_backbone.layer4[0].conv2.weight, imagenet["layer4.0.conv2.weight"])
+    assert "cross-modality init: conv1.weight" in lines[1] and "fc.weight" in lines[0]  # fc reported as unexpected
+    torch.save({"encoder.weight": torch.zeros(3)}, tmp_path / "unrelated.pth")
+    with pytest.raises(InputError, match="no tensor of this file fits"):
+        load_backbones(model, str(tmp_path / "unrelated.pth"))
+    wider = partial(ResNet, (1, 1, 1, 1), width=16)(in_channels=3, num_classes=1000).state_dict()
+    torch.save(wider, tmp_path / "wider.pth")
+    with pytest.raises(InputError, match="another architecture"):
+        load_backbones(model, str(tmp_path / "wider.pth"))
+
+
+def test_bf16_autocast_trains_on_the_cpu_and_fp16_needs_cuda(data, tmp_path):
+    summary = train(resolve_config("stilt", overrides=fx.tiny_overrides(data, iterations=1, amp="bf16")),
+                    tmp_path / "bf16", progress=False)
+    assert torch.isfinite(torch.tensor(summary.last_loss))
+    with pytest.raises(DeviceError, match="fp16"):
+        train(resolve_config("stilt", overrides=fx.tiny_overrides(data, amp="fp16")), tmp_path / "fp16",
+              progress=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_training_with_amp_and_channels_last(data, tmp_path):
+    for amp in ("bf16", "fp16"):
+        config = resolve_config("stilt", overrides=fx.tiny_overrides(data, iterations=2, amp=amp))
+        summary = train(config, tmp_path / amp, gpu=True, progress=False)
+        assert summary.iteration == 2 and torch.isfinite(torch.tensor(summary.last_loss))
+        assert load_checkpoint(tmp_path / amp / "checkpoint.pt")["scaler"].get("scale", 1.0) > 0

@@ -1,0 +1,87 @@
+"""Training checkpoints: everything a run needs to continue exactly, in a file ``torch.load(weights_only=True)`` reads.
+
+A checkpoint is a dict of tensors and plain Python values only (no pickled objects): ``format`` =
+``"actrec-train-checkpoint"``, ``format_version``, ``iteration`` (iterations completed), ``config`` (TrainConfig as
+a dict), ``class_names``, ``world_size``, ``model``, ``optimizer``, ``scheduler`` and ``scaler`` state dicts, and
+``rng``: one entry per process with its Python, NumPy, torch CPU and CUDA generator states as tensors and ints.
+It is written to ``NAME.tmp`` and renamed over ``NAME``, so a crash never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from actrec.errors import InputError
+
+FORMAT = "actrec-train-checkpoint"
+FORMAT_VERSION = 1
+# torch.load's generic advice around the actual reason of a weights_only failure (it suggests weights_only=False)
+_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+REQUIRED = ("iteration", "config", "class_names", "world_size", "model", "optimizer", "scheduler", "scaler", "rng")
+
+
+def capture_rng() -> dict[str, Any]:
+    """This process's generator states as tensors and plain values (weights_only-loadable)."""
+    version, python_state, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": {"version": version, "state": torch.tensor(python_state, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Set this process's generators to a state from ``capture_rng``."""
+    python = state["python"]
+    random.setstate((python["version"], tuple(int(v) for v in python["state"].tolist()), python["gauss"]))
+    numpy = state["numpy"]
+    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
+                         numpy["cached"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write a checkpoint atomically (temporary file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read and check a training checkpoint; InputError for a missing, corrupt or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: checkpoint not found")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # the unpickler raises many types (EOFError, UnpicklingError, RuntimeError...)
+        raise InputError(f"{path}: not a readable PyTorch checkpoint (corrupt or truncated? "
+                         f"{_load_failure(exc)})") from None
+    if not isinstance(loaded, dict) or loaded.get("format") != FORMAT:
+        raise InputError(f"{path}: not an actrec training checkpoint (expected format {FORMAT!r}; a bare state dict "
+                         "or another tool's file cannot be resumed or evaluated)")
+    if loaded.get("format_version") != FORMAT_VERSION:
+        raise InputError(f"{path}: checkpoint format version {loaded.get('format_version')} is not supported "
+                         f"(this actrec reads version {FORMAT_VERSION})")
+    missing = [key for key in REQUIRED if key not in loaded]
+    if missing:
+        raise InputError(f"{path}: incomplete training checkpoint (missing {', '.join(missing)})")
+    return loaded
+
+
+def _load_failure(exc: Exception) -> str:
+    """The specific line of a torch.load error, without its generic advice."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    specific = [line for line in lines if not line.startswith(_BOILERPLATE)]
+    return specific[0] if specific else type(exc).__name__

@@ -1,0 +1,152 @@
+"""Datasets over a frame store, a flow store and a manifest split: training clips and whole test videos.
+
+Index alignment (the flow store's convention, ``actrec.pipeline.flow``): a video of N frames has F = N - step flows
+and flow i maps frame i to frame i + step. A *position* i pairs RGB frame i with the flow stack i .. i + L - 1 that
+starts at the same index, so the stack covers frames i .. i + L*step and the RGB frame is its first frame. The valid
+positions are 0 .. F - L. A video with fewer than L flows has the single position 0 and its stack is clamped: flow
+indices past the last flow repeat the last flow (``stack_indices``). A video with no flow at all is an error.
+
+Sampling (TSN): the valid positions are split into n equal parts; training takes a random position in each part,
+testing the centre of each part (``segment_starts``). STILT draws n = ``segments`` positions per training clip; CoT-LSTM
+one. At test time both take ``positions`` (25) uniformly spaced positions of every video.
+
+Layout: one item holds RGB ``[n, 3, H, W]`` and flow ``[n, L, 2, H, W]`` (x then y for each flow, in time order).
+STILT's 2L-channel stacks are that flow tensor flattened over (L, 2): channels x1, y1, x2, y2, ... interleaved, the
+TSN/mmaction2 order (``actrec.training.models``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from actrec.data_manifests.manifest import ManifestRow
+from actrec.errors import InputError, StoreError
+from actrec.pipeline.flow import FlowStore
+from actrec.pipeline.frames import FrameStore
+from actrec.training.augment import AugmentParams
+
+Augment = Callable[[Tensor, Tensor, float, AugmentParams, np.random.Generator], tuple[Tensor, Tensor]]
+
+
+def segment_starts(num_positions: int, segments: int, rng: np.random.Generator | None) -> np.ndarray:
+    """TSN sparse sampling of ``segments`` positions in 0 .. num_positions - 1: the range is cut into equal parts
+    and each part gives a uniformly random position (training, ``rng`` given) or its centre (test, ``rng`` None).
+    With fewer positions than segments, positions repeat."""
+    edges = np.arange(segments + 1) * (num_positions / segments)
+    if rng is None:
+        return np.minimum(((edges[:-1] + edges[1:]) / 2).astype(np.int64), num_positions - 1)
+    low = np.floor(edges[:-1]).astype(np.int64)
+    high = np.maximum(np.floor(edges[1:]).astype(np.int64), low + 1)
+    return rng.integers(low, high)  # high is exclusive and at most num_positions
+
+
+def stack_indices(start: int, length: int, num_flows: int) -> np.ndarray:
+    """Flow indices of the stack at ``start``: start .. start + length - 1, clamped to the last flow."""
+    return np.minimum(start + np.arange(length), num_flows - 1)
+
+
+class ClipSource:
+    """Reads RGB frames and flow stacks of the videos of a manifest split from a frame store and a flow store.
+
+    Safe to hand to DataLoader workers (the stores reopen their files after a fork).
+    """
+
+    def __init__(self, frames_root: str | Path, flow_root: str | Path, rows: Sequence[ManifestRow],
+                 flow_length: int) -> None:
+        self.frames = FrameStore(frames_root)
+        self.flow = FlowStore(flow_root)
+        self.rows = list(rows)
+        self.flow_length = flow_length
+        for store, root in ((self.frames, frames_root), (self.flow, flow_root)):
+            missing = [r.video_id for r in self.rows if r.video_id not in store]
+            if missing:
+                raise InputError(f"{root}: {len(missing)} of the {len(self.rows)} videos of the manifest split are "
+                                 f"not in this store, e.g. {missing[0]!r}")
+
+    @property
+    def bound(self) -> float:
+        return self.flow.bound
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def num_flows(self, index: int) -> int:
+        """Flows of a video; a video with none raises StoreError (it cannot make a clip)."""
+        video_id = self.rows[index].video_id
+        count = self.flow.num_flows(video_id)
+        if count < 1:
+            raise StoreError(f"{self.flow.root}: video {video_id!r} has no flow (fewer than two frames)")
+        return count
+
+    def num_positions(self, index: int) -> int:
+        """Valid stack starts 0 .. F - L (at least one: short videos use clamped stacks)."""
+        return max(self.num_flows(index) - self.flow_length + 1, 1)
+
+    def read(self, index: int, starts: Sequence[int]) -> tuple[Tensor, Tensor]:
+        """uint8 RGB Tensor[P, 3, H, W] (frame i per start i) and flow Tensor[P, L, 2, H, W] (uint8 codes or
+        float16 pixels, as stored) of the stacks starting at ``starts``."""
+        video_id = self.rows[index].video_id
+        num_flows = self.num_flows(index)
+        rgb = self.frames.read(video_id, [int(s) for s in starts])  # (P, H, W, 3)
+        stacks = [self._stack(video_id, int(s), num_flows) for s in starts]  # each (L, H, W, 2)
+        if rgb.shape[1:3] != stacks[0].shape[1:3]:
+            raise StoreError(f"{self.flow.root}: flow of {video_id!r} is {stacks[0].shape[2]}x{stacks[0].shape[1]} "
+                             f"but its frames are {rgb.shape[2]}x{rgb.shape[1]}; recompute the flow from these frames")
+        rgb_t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2)  # (P, 3, H, W)
+        flow_t = torch.from_numpy(np.stack(stacks)).permute(0, 1, 4, 2, 3)  # (P, L, 2, H, W)
+        return rgb_t.contiguous(), flow_t.contiguous()
+
+    def _stack(self, video_id: str, start: int, num_flows: int) -> np.ndarray:
+        available = min(self.flow_length, num_flows - start)
+        data = self.flow.read_stack(video_id, start, available)  # (available, H, W, 2)
+        return data[stack_indices(0, self.flow_length, available)]
+
+
+class TrainClips(Dataset):
+    """Training clips: item ``(video index, stream position)`` -> (RGB [n, 3, c, c], flow [n, L, 2, c, c], label).
+
+    The stream position (see ``actrec.training.distributed.StreamBatchSampler``) seeds the clip's random numbers,
+    so a clip's positions and augmentation do not depend on workers, processes or restarts.
+    """
+
+    def __init__(self, source: ClipSource, segments: int, augment: Augment, params: AugmentParams,
+                 seed: int) -> None:
+        self.source = source
+        self.segments = segments
+        self.augment = augment
+        self.params = params
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[Tensor, Tensor, int]:
+        index, position = item
+        rng = np.random.default_rng([self.seed, position])
+        starts = segment_starts(self.source.num_positions(index), self.segments, rng)
+        rgb, flow = self.source.read(index, starts)
+        rgb, flow = self.augment(rgb, flow, self.source.bound, self.params, rng)
+        return rgb, flow, self.source.rows[index].label
+
+
+class EvalVideos(Dataset):
+    """Whole videos for testing: item ``index`` -> (uint8 RGB [P, 3, H, W], stored flow [P, L, 2, H, W], index)
+    at ``positions`` uniformly spaced positions; views are cut from them by ``actrec.training.evaluate``."""
+
+    def __init__(self, source: ClipSource, positions: int) -> None:
+        self.source = source
+        self.positions = positions
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, int]:
+        starts = segment_starts(self.source.num_positions(index), self.positions, None)
+        rgb, flow = self.source.read(index, starts)
+        return rgb, flow, index

@@ -1,0 +1,131 @@
+"""Processes, devices and the data order of a training run, single-process or under torchrun (DDP).
+
+Launch with ``torchrun --nproc-per-node G [--nnodes N ...] -m actrec.cli train ...``: every process reads RANK,
+WORLD_SIZE and LOCAL_RANK, uses ``cuda:LOCAL_RANK`` with --gpu (NCCL) or the CPU (gloo).
+
+Data order: one endless stream of epochs, epoch e being a permutation of the videos seeded by (seed, e). Iteration k
+consumes stream positions k*B .. (k+1)*B - 1 (B = the global batch), dealt out interleaved over W processes x A
+accumulation steps: micro-batch a of rank r takes every (W*A)-th position from a*W + r. The order is a pure function
+of the iteration, so a resumed run continues exactly where it stopped, and W processes with A = 1 see the same
+micro-batches as one process with A = W.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+from actrec.pipeline.flow import resolve_device
+from actrec.pipeline.stage import resolve_rank
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in the job and its device."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(gpu: bool) -> DistContext:
+    """Join the torchrun job (if WORLD_SIZE > 1) with NCCL on GPUs or gloo on CPUs; pick this process's device."""
+    rank, world_size = resolve_rank()
+    device = torch.device(resolve_device(gpu))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size)
+    return DistContext(rank, world_size, device)
+
+
+def close_distributed(ctx: DistContext) -> None:
+    """Leave the process group (after a last barrier so no rank exits while another still communicates)."""
+    if ctx.distributed and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def mean_across(value: float, ctx: DistContext) -> float:
+    """The mean of ``value`` over all processes (the value itself in a single process)."""
+    if not ctx.distributed:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(tensor)
+    return float(tensor.item()) / ctx.world_size
+
+
+def any_across(flag: bool, ctx: DistContext) -> bool:
+    """True when ``flag`` is set in any process, so that all processes stop at the same iteration."""
+    if not ctx.distributed:
+        return flag
+    tensor = torch.tensor([int(flag)], dtype=torch.int32, device=ctx.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
+
+
+def gather_objects(value: Any, ctx: DistContext) -> list[Any]:
+    """``value`` of every process, in rank order (plain Python/tensor objects; e.g. RNG states)."""
+    if not ctx.distributed:
+        return [value]
+    gathered: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+class StreamBatchSampler(Sampler[list[tuple[int, int]]]):
+    """This process's micro-batches of (video index, stream position) for iterations ``start`` .. ``stop`` - 1
+    (the order in the module docstring); ``accumulate`` micro-batches per iteration."""
+
+    def __init__(self, num_videos: int, batch_size: int, seed: int, *, rank: int, world_size: int,
+                 accumulate: int, start: int, stop: int) -> None:
+        self.num_videos = num_videos
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shards = world_size * accumulate
+        self.first_shard = rank
+        self.world_size = world_size
+        self.accumulate = accumulate
+        self.start = start
+        self.stop = stop
+        self._epoch = -1
+        self._order = np.empty(0, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return max(self.stop - self.start, 0) * self.accumulate
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for iteration in range(self.start, self.stop):
+            positions = range(iteration * self.batch_size, (iteration + 1) * self.batch_size)
+            for step in range(self.accumulate):
+                shard = step * self.world_size + self.first_shard
+                yield [(self.video_at(p), p) for p in positions[shard::self.shards]]
+
+    def video_at(self, position: int) -> int:
+        """The video at a stream position."""
+        epoch, offset = divmod(position, self.num_videos)
+        if epoch != self._epoch:
+            self._order = np.random.default_rng([self.seed, epoch]).permutation(self.num_videos)
+            self._epoch = epoch
+        return int(self._order[offset])
+
+
+def quiet_worker(worker_id: int) -> None:
+    """DataLoader worker init: leave SIGINT/SIGTERM to the main process, which checkpoints and stops the workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+

@@ -1,0 +1,360 @@
+"""The training loop of ``actrec train``: SGD with step decay, AMP, DDP, checkpoints and exact resume.
+
+Run folder: ``config.json`` (the resolved TrainConfig), ``checkpoint.pt`` (written every ``checkpoint_every``
+iterations, on SIGTERM/SIGINT and at the end; see ``actrec.training.checkpoint``) and ``metrics.csv`` (one row every
+``log_every`` iterations: iteration, loss, lr, clips_per_s, data_wait, elapsed_s). ``loss`` is the iteration's mean
+training loss over the global batch; ``data_wait`` the fraction of the logged iterations' time spent waiting for
+the DataLoader. A resumed run truncates the metrics after the checkpoint's iteration and appends.
+
+Exact resume: model, optimizer, LR schedule, GradScaler and every generator (Python, NumPy, torch, CUDA) are
+restored, and the data order and each clip's augmentation are functions of the iteration (``distributed.py``), so on
+the CPU a resumed run reproduces the uninterrupted one bit for bit. The DataLoader gets its own generator so that
+starting it does not draw from the global one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from actrec.data_manifests.manifest import class_names, read_manifest
+from actrec.errors import DeviceError, InputError
+from actrec.training.augment import AugmentParams
+from actrec.training.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from actrec.training.config import (TrainConfig, apply_overrides, check_resume, config_to_dict, save_config,
+                                    validate_config)
+from actrec.training.datasets import ClipSource, TrainClips
+from actrec.training.distributed import (DistContext, StreamBatchSampler, any_across, close_distributed,
+                                         gather_objects, init_distributed, mean_across, quiet_worker)
+from actrec.training.models import MODEL_SPECS, build_model, load_backbones, to_channels_last
+
+CHECKPOINT = "checkpoint.pt"
+CONFIG = "config.json"
+METRICS = "metrics.csv"
+METRIC_COLUMNS = ("iteration", "loss", "lr", "clips_per_s", "data_wait", "elapsed_s")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class TrainSummary:
+    """What a call to ``train`` did."""
+
+    run_dir: Path
+    start_iteration: int
+    iteration: int
+    last_loss: float
+    clips: int
+    elapsed: float
+    data_wait: float
+    rank: int = 0  # the process that made this summary (the CLI prints rank 0's)
+    interrupted: bool = False
+
+    def line(self) -> str:
+        rate = self.clips / self.elapsed if self.elapsed > 0 else 0.0
+        text = (f"train: iterations {self.start_iteration} -> {self.iteration}, last loss {self.last_loss:.4f}, "
+                f"{rate:.1f} clips/s, data wait {100 * self.data_wait:.0f}%, {self.elapsed:.1f} s; "
+                f"checkpoint {self.run_dir / CHECKPOINT}")
+        if self.interrupted:
+            text += "; interrupted: continue with --resume"
+        return text
+
+
+def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of an ``amp`` setting on ``device`` (None: full precision)."""
+    if mode == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    if mode == "fp16" and device.type != "cuda":
+        raise DeviceError("--amp fp16 needs a CUDA device; use --amp bf16 or off on the CPU")
+    return AMP_DTYPES.get(mode)
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Mixed precision in ``dtype`` on ``device``, or nothing for full precision."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def resume_config(run_dir: str | Path, overrides: Mapping[str, Any]) -> TrainConfig:
+    """The config of the run saved in ``run_dir`` with ``overrides`` (None values ignored) applied; only the
+    resumable fields (iterations, workers, checkpoint_every, log_every) may change."""
+    path = Path(run_dir) / CHECKPOINT
+    saved = apply_overrides(TrainConfig(), load_checkpoint(path)["config"], str(path))
+    wanted = apply_overrides(saved, {k: v for k, v in overrides.items() if v is not None}, "command line")
+    return check_resume(saved, wanted, str(path))
+
+
+def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, gpu: bool = False,
+          progress: bool = True, log: Callable[[str], None] = print) -> TrainSummary:
+    """Train ``config`` into ``run_dir`` (or continue the run there with ``resume``); return a summary.
+
+    Works alone or in every process of a torchrun job. SIGTERM and SIGINT end the run at the next iteration
+    boundary with a checkpoint (``summary.interrupted``).
+    """
+    ctx = init_distributed(gpu)
+    try:
+        return _Run(config, Path(run_dir), ctx, resume, log).loop(progress)
+    finally:
+        close_distributed(ctx)
+
+
+class _Run:
+    """One training process: model, optimiser, data and bookkeeping, set up fresh or from the checkpoint."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path, ctx: DistContext, resume: bool,
+                 log: Callable[[str], None]) -> None:
+        validate_config(config, ctx.world_size)
+        self.config, self.run_dir, self.ctx, self.log = config, run_dir, ctx, log
+        self.spec = MODEL_SPECS[config.model]
+        checkpoint = self._checkpoint_to_resume(resume)
+        rows = read_manifest(config.manifest)
+        self.class_names = class_names(rows)
+        train_rows = [r for r in rows if r.split == config.split]
+        _check_training_rows(config, train_rows)
+        self.source = ClipSource(config.frames, config.flow, train_rows, config.flow_length)
+        torch.manual_seed(config.seed)  # the same initial weights in every process
+        self.model = self._build_model(pretrained=checkpoint is None)  # a resumed run has its weights
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
+                                         weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, config.lr_step, config.lr_gamma)
+        self.amp = amp_dtype(config.amp, ctx.device)
+        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.amp == torch.float16)
+        self.iteration = 0
+        if checkpoint is None:
+            _seed_generators(config.seed + ctx.rank)
+        else:
+            self._restore(checkpoint)
+        self.net: nn.Module = self.model  # what the forward pass calls: the model, or its DDP wrapper
+        if ctx.distributed:
+            self.net = DistributedDataParallel(self.model, device_ids=[ctx.device.index]
+                                               if ctx.device.type == "cuda" else None)
+        if ctx.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(run_dir / CONFIG, config)
+            _truncate_metrics(run_dir / METRICS, self.iteration)
+
+    def _checkpoint_to_resume(self, resume: bool) -> dict[str, Any] | None:
+        path = self.run_dir / CHECKPOINT
+        if not resume:
+            if path.exists():
+                raise InputError(f"{path}: this run folder already holds a run; continue it with --resume "
+                                 "or choose another --out")
+            return None
+        checkpoint = load_checkpoint(path)
+        saved = apply_overrides(TrainConfig(), checkpoint["config"], str(path))
+        check_resume(saved, self.config, str(path))
+        return checkpoint
+
+    def _build_model(self, pretrained: bool) -> nn.Module:
+        model = build_model(self.config, len(self.class_names))
+        if pretrained and self.config.pretrained:
+            for line in load_backbones(model, self.config.pretrained):
+                if self.ctx.is_main:
+                    self.log(line)
+        if self.ctx.distributed and self.ctx.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # batch statistics over all GPUs
+        return to_channels_last(model.to(self.ctx.device), self.ctx.device)
+
+    def _restore(self, checkpoint: dict[str, Any]) -> None:
+        try:
+            self.model.load_state_dict(checkpoint["model"])
+        except RuntimeError as exc:
+            raise InputError(f"{self.run_dir / CHECKPOINT}: weights do not fit the configured model ({exc})") from None
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        self.iteration = int(checkpoint["iteration"])
+        states = checkpoint["rng"]
+        if checkpoint["world_size"] == self.ctx.world_size:
+            restore_rng(states[self.ctx.rank])
+        else:
+            _seed_generators(self.config.seed + self.ctx.rank + self.iteration)
+            if self.ctx.is_main:
+                self.log(f"note: resumed on {self.ctx.world_size} processes, saved on {checkpoint['world_size']}: "
+                         "data order is kept, dropout draws differ from an uninterrupted run")
+
+    def loop(self, progress: bool) -> TrainSummary:
+        """Train until ``config.iterations`` or a stop signal; checkpoint; return the summary."""
+        config, ctx = self.config, self.ctx
+        summary = TrainSummary(self.run_dir, self.iteration, self.iteration, float("nan"), 0, 0.0, 0.0, ctx.rank)
+        bar = tqdm(total=config.iterations, initial=self.iteration, desc=f"train {config.model}", unit="it",
+                   disable=not (progress and ctx.is_main), dynamic_ncols=True)
+        window = _Window()
+        start = time.perf_counter()
+        self.model.train()
+        with _StopSignals() as stop:
+            batches = iter(train_loader(config, self.source, rank=ctx.rank, world_size=ctx.world_size,
+                                        start=self.iteration, pin_memory=ctx.device.type == "cuda"))
+            while self.iteration < config.iterations:
+                loss, lr = self._step(batches, window)
+                self.iteration += 1
+                summary.clips += config.batch_size
+                bar.update(1)
+                if self.iteration % config.log_every == 0 or self.iteration == config.iterations:
+                    summary.last_loss = mean_across(loss.item(), ctx)  # synchronises: only on log iterations
+                    self._log_metrics(summary.last_loss, lr, window, time.perf_counter() - start, bar)
+                summary.interrupted = any_across(stop.requested, ctx)
+                if summary.interrupted or self.iteration % config.checkpoint_every == 0:
+                    self._save()
+                if summary.interrupted:
+                    break
+            if not summary.interrupted and self.iteration % config.checkpoint_every:
+                self._save()
+        bar.close()
+        summary.iteration = self.iteration
+        summary.elapsed = time.perf_counter() - start
+        summary.data_wait = window.total_wait / max(summary.elapsed, 1e-9)
+        return summary
+
+    def _step(self, batches: Iterator, window: "_Window") -> tuple[torch.Tensor, float]:
+        """One iteration: ``accumulate`` micro-batches forward and backward, then one optimiser step."""
+        config, device = self.config, self.ctx.device
+        lr = self.optimizer.param_groups[0]["lr"]
+        total = torch.zeros((), device=device)
+        for micro in range(config.accumulate):
+            waited = time.perf_counter()
+            rgb, flow, labels = next(batches)
+            window.wait(time.perf_counter() - waited)
+            rgb, flow = (t.to(device, non_blocking=True) for t in self.spec.inputs(rgb, flow))
+            labels = labels.to(device, non_blocking=True)
+            last = micro == config.accumulate - 1
+            no_sync = isinstance(self.net, DistributedDataParallel) and not last  # all-reduce on the last only
+            with self.net.no_sync() if no_sync else contextlib.nullcontext(), autocast(device, self.amp):
+                loss = self.spec.loss(self.net(rgb, flow), labels) / config.accumulate
+            self.scaler.scale(loss).backward()
+            total += loss.detach().float()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        window.step()
+        return total, lr
+
+    def _log_metrics(self, loss: float, lr: float, window: "_Window", elapsed: float, bar: tqdm) -> None:
+        clips_per_s, wait = window.read(self.config.batch_size)
+        if not self.ctx.is_main:
+            return
+        row = [self.iteration, f"{loss:.6g}", f"{lr:.6g}", f"{clips_per_s:.2f}", f"{wait:.3f}", f"{elapsed:.1f}"]
+        path = self.run_dir / METRICS
+        new = not path.exists()
+        with path.open("a", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow(METRIC_COLUMNS)
+            writer.writerow(row)
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2g}", clips_s=f"{clips_per_s:.1f}", wait=f"{100 * wait:.0f}%")
+
+    def _save(self) -> None:
+        """Checkpoint (rank 0 writes; every rank contributes its generator states)."""
+        rng = gather_objects(capture_rng(), self.ctx)
+        if not self.ctx.is_main:
+            return
+        save_checkpoint(self.run_dir / CHECKPOINT, {
+            "iteration": self.iteration,
+            "config": config_to_dict(self.config),
+            "class_names": self.class_names,
+            "world_size": self.ctx.world_size,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng,
+        })
+
+
+def train_loader(config: TrainConfig, source: ClipSource, *, rank: int = 0, world_size: int = 1, start: int = 0,
+                 pin_memory: bool = False) -> DataLoader:
+    """This process's micro-batches (RGB, flow, labels) for iterations ``start`` .. ``config.iterations`` - 1."""
+    params = AugmentParams(crop=config.crop, resize=config.resize, scales=config.scales,
+                           max_distort=config.max_distort, rotation=config.rotation, erase_prob=config.erase_prob)
+    dataset = TrainClips(source, config.segments, MODEL_SPECS[config.model].augment, params, config.seed)
+    sampler = StreamBatchSampler(len(source), config.batch_size, config.seed, rank=rank, world_size=world_size,
+                                 accumulate=config.accumulate, start=start, stop=config.iterations)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=config.workers, pin_memory=pin_memory,
+                      worker_init_fn=quiet_worker, prefetch_factor=4 if config.workers else None,
+                      generator=torch.Generator())  # its own generator: starting it leaves the global one alone
+
+
+def _check_training_rows(config: TrainConfig, rows: list) -> None:
+    if not rows:
+        raise InputError(f"{config.manifest}: no video in split {config.split!r}")
+    unlabelled = [r.video_id for r in rows if r.label < 0]
+    if unlabelled:
+        raise InputError(f"{config.manifest}: {len(unlabelled)} training videos have no label, e.g. {unlabelled[0]!r}")
+
+
+def _seed_generators(seed: int) -> None:
+    """Seed the Python, NumPy and torch generators of a fresh run (dropout uses torch's)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _truncate_metrics(path: Path, iteration: int) -> None:
+    """Drop metrics rows after ``iteration`` (left by a run that went on past its last checkpoint)."""
+    if not path.exists():
+        return
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    kept = [rows[0]] + [row for row in rows[1:] if int(row[0]) <= iteration]
+    with path.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(kept)
+
+
+class _Window:
+    """Throughput and data-wait fraction since the last metrics row."""
+
+    def __init__(self) -> None:
+        self.total_wait = 0.0
+        self._since = time.perf_counter()
+        self._wait = 0.0
+        self._steps = 0
+
+    def wait(self, seconds: float) -> None:
+        self._wait += seconds
+        self.total_wait += seconds
+
+    def step(self) -> None:
+        self._steps += 1
+
+    def read(self, batch_size: int) -> tuple[float, float]:
+        """(clips per second, fraction of time waiting for data) over the window; starts a new window."""
+        now = time.perf_counter()
+        elapsed = max(now - self._since, 1e-9)
+        result = (self._steps * batch_size / elapsed, self._wait / elapsed)
+        self._since, self._wait, self._steps = now, 0.0, 0
+        return result
+
+
+class _StopSignals:
+    """Turn SIGTERM and SIGINT into a request to stop at the next iteration boundary (main thread only)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def __enter__(self) -> "_StopSignals":
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
