@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Callable
 
@@ -11,10 +12,13 @@ from actrec import __version__
 from actrec.data_manifests.build import (KINETICS_PATTERN, check_videos, folder_manifest, hmdb51_manifest,
                                          kinetics_manifest, scan_videos, ucf101_manifest)
 from actrec.data_manifests.manifest import read_manifest, write_manifest
+from actrec.demo import DemoConfig, run_demo
 from actrec.errors import ActrecError
+from actrec.pipeline import synth as _synth
 from actrec.pipeline.decode import ResizeSpec
 from actrec.pipeline.frames import ENCODINGS, PARTIAL_POLICIES, ExtractOptions, extract_frames
 from actrec.pipeline.flow import BACKENDS, DTYPES, FlowOptions, compute_flow, resolve_device
+from actrec.pipeline.rawframes import export_rawframes, import_rawframes
 from actrec.pipeline.stage import StageSummary
 from actrec.pipeline.tvl1 import TVL1Params
 
@@ -46,18 +50,54 @@ def cli() -> None:
     """Two-stream action recognition: videos -> frames -> TV-L1 flow -> STILT / CoT-LSTM -> fusion."""
 
 
+# --- shared options and helpers ---
+
+def parallel_options(func: Callable) -> Callable:
+    """Options shared by every per-video stage: worker processes, multi-node ranks, progress display."""
+    options = [
+        click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Worker processes on this machine."),
+        click.option("--rank", type=click.IntRange(min=0), default=None,
+                     help="This process's rank (default: $RANK as set by torchrun, else 0)."),
+        click.option("--world-size", type=click.IntRange(min=1), default=None,
+                     help="Number of processes sharing the job (default: $WORLD_SIZE, else 1)."),
+        click.option("--quiet", is_flag=True, help="No progress bar (the summary is still printed)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def finish_stages(*summaries: StageSummary) -> None:
+    """Print each stage's summary; exit non-zero when a video failed (1) or a run was interrupted (130)."""
+    for summary in summaries:
+        click.echo(summary.line())
+    if any(s.interrupted for s in summaries):
+        sys.exit(130)
+    if any(s.failed for s in summaries):
+        sys.exit(1)
+
+
+def _parse_size(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        w, h = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"expected WIDTHxHEIGHT such as 340x256, got {value!r}") from None
+    if w < 2 or h < 2:
+        raise click.BadParameter(f"width and height must be at least 2, got {value!r}")
+    return w, h
+
+
+def _load_rows(manifest: str | None, video_root: str, splits: str | None) -> list:
+    chosen = [s.strip() for s in splits.split(",")] if splits else None
+    if manifest is None:
+        return scan_videos(video_root).rows
+    return read_manifest(manifest, chosen)
+
+
 # --- commands: frames and manifests (pipeline/, data_manifests/) ---
-
-from actrec.pipeline import synth as _synth  # noqa: E402  (this command block's import)
-
-
-def _parse_size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
-    """Turn ``WxH`` into (width, height); the library checks the values themselves."""
-    width, sep, height = value.lower().partition("x")
-    if not (sep and width.isdigit() and height.isdigit()):
-        raise click.BadParameter(f"expected WxH such as 96x96, got {value!r}")
-    return int(width), int(height)
-
 
 def _parse_fractions(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, ...]:
     """Turn ``0.6,0.2,0.2`` into a tuple of floats; the library checks their count and sum."""
@@ -96,50 +136,6 @@ def synth(out_dir: str, videos_per_class: int, frames: int, size: tuple[int, int
     summary = _synth.generate_synthetic_dataset(out_dir, videos_per_class=videos_per_class, frames=frames,
                                                 size=size, fps=fps, seed=seed, split_fractions=split_fractions)
     click.echo(summary.line())
-
-
-def parallel_options(func: Callable) -> Callable:
-    """Options shared by every per-video stage: worker processes, multi-node ranks, progress display."""
-    options = [
-        click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-                     help="Worker processes on this machine."),
-        click.option("--rank", type=click.IntRange(min=0), default=None,
-                     help="This process's rank (default: $RANK as set by torchrun, else 0)."),
-        click.option("--world-size", type=click.IntRange(min=1), default=None,
-                     help="Number of processes sharing the job (default: $WORLD_SIZE, else 1)."),
-        click.option("--quiet", is_flag=True, help="No progress bar (the summary is still printed)."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def finish_stage(summary: StageSummary) -> None:
-    """Print a stage's summary and exit non-zero when a video failed (1) or the run was interrupted (130)."""
-    click.echo(summary.line())
-    if summary.interrupted:
-        sys.exit(130)
-    if summary.failed:
-        sys.exit(1)
-
-
-def _parse_size(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    try:
-        w, h = (int(v) for v in value.lower().split("x"))
-    except ValueError:
-        raise click.BadParameter(f"expected WIDTHxHEIGHT such as 340x256, got {value!r}") from None
-    if w < 2 or h < 2:
-        raise click.BadParameter(f"width and height must be at least 2, got {value!r}")
-    return w, h
-
-
-def _load_rows(manifest: str | None, video_root: str, splits: str | None) -> list:
-    chosen = [s.strip() for s in splits.split(",")] if splits else None
-    if manifest is None:
-        return scan_videos(video_root).rows
-    return read_manifest(manifest, chosen)
 
 
 @cli.command("make-manifest", epilog="""\b
@@ -233,7 +229,7 @@ def extract_frames_cmd(manifest: str | None, video_root: str, out: str, splits: 
     summary = extract_frames(rows, video_root, out, options, workers=workers, videos_per_shard=videos_per_shard,
                              rank=rank, world_size=world_size, progress=not quiet,
                              log=lambda line: click.echo(line, err=True))
-    finish_stage(summary)
+    finish_stages(summary)
 
 
 def tvl1_options(func: Callable) -> Callable:
@@ -307,12 +303,297 @@ def compute_flow_cmd(frames_root: str, out: str, gpu: bool, backend: str | None,
                           batch_size=batch_size)
     summary = compute_flow(frames_root, out, options, workers=workers, videos_per_shard=videos_per_shard, rank=rank,
                            world_size=world_size, progress=not quiet, log=lambda line: click.echo(line, err=True))
-    finish_stage(summary)
+    finish_stages(summary)
+
+
+@cli.command("export-rawframes", epilog="""\b
+Examples:
+  actrec export-rawframes --frames frames/ --flow flow/ --out rawframes/ --manifest ucf101_s1.csv --workers 8
+\b
+Writes rawframes/<video>/img_00001.jpg, flow_x_00001.jpg, flow_y_00001.jpg (1-indexed; flow as quantised uint8
+grayscale JPEG) and, with --manifest, <split>_rawframes.txt / <split>_rawframes_flow.txt annotation files.
+""")
+@click.option("--frames", "frames_root", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Frame store.")
+@click.option("--flow", "flow_root", type=click.Path(exists=True, file_okay=False), help="Flow store (optional).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (created or resumed).")
+@click.option("--manifest", type=click.Path(exists=True, dir_okay=False),
+              help="Export these videos and write mmaction2 annotation files per split (default: every video).")
+@click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True,
+              help="JPEG quality of flow images (and of frames stored raw; JPEG frames are copied as they are).")
+@parallel_options
+def export_rawframes_cmd(frames_root: str, flow_root: str | None, out: str, manifest: str | None, quality: int,
+                         workers: int, rank: int | None, world_size: int | None, quiet: bool) -> None:
+    """Export frame and flow stores to the mmaction2 rawframe layout."""
+    rows = read_manifest(manifest) if manifest else None
+    summary = export_rawframes(frames_root, out, flow_root, rows, quality=quality, workers=workers, rank=rank,
+                               world_size=world_size, progress=not quiet, log=lambda line: click.echo(line, err=True))
+    finish_stages(summary)
+
+
+@cli.command("import-rawframes", epilog="""\b
+Examples:
+  actrec import-rawframes --src rawframes/ --frames-out frames/ --flow-out flow/ --bound 20 --workers 8
+\b
+--src holds one folder per video (or is one video folder). The naming (img_/flow_x_/flow_y_ or x_/y_, 0- or
+1-indexed) is detected from the first folder and reported. RGB files are stored as they are (no re-encoding).
+""")
+@click.option("--src", required=True, type=click.Path(exists=True, file_okay=False), help="Rawframe folder.")
+@click.option("--frames-out", required=True, type=click.Path(file_okay=False), help="Frame store to write.")
+@click.option("--flow-out", type=click.Path(file_okay=False), help="Flow store to write (from the x/y images).")
+@click.option("--bound", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True,
+              help="Bound the flow images were quantised with (mmaction2: 20).")
+@click.option("--videos-per-shard", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Videos per HDF5 shard.")
+@parallel_options
+def import_rawframes_cmd(src: str, frames_out: str, flow_out: str | None, bound: float, videos_per_shard: int,
+                         workers: int, rank: int | None, world_size: int | None, quiet: bool) -> None:
+    """Build frame and flow stores from mmaction2/TSN rawframe folders, so no frame or flow is recomputed."""
+    summaries = import_rawframes(src, frames_out, flow_out, bound=bound, videos_per_shard=videos_per_shard,
+                                 workers=workers, rank=rank, world_size=world_size, progress=not quiet,
+                                 log=lambda line: click.echo(line, err=True))
+    finish_stages(*summaries)
+
+
+@cli.command("demo", epilog="""\b
+Examples:
+  actrec demo                                   # about 5 minutes on 2 CPU cores
+  actrec demo --workdir /tmp/demo --seed 1 --iterations 600
+\b
+Runs synth, extract-frames, compute-flow, train (STILT without and with co-attention, CoT-LSTM), evaluate and
+fit-fusion as real commands in WORKDIR, then prints the ablation tables (STILT Tables 4 and 5, CoT-LSTM Table II
+layouts) and where the files and plots are.""")
+@click.option("--workdir", type=click.Path(file_okay=False), default="demo_workdir", show_default=True,
+              help="Folder for every file the demo writes (rerunning resumes the finished stages).")
+@click.option("--videos-per-class", type=click.IntRange(min=5), default=DemoConfig.videos_per_class,
+              show_default=True, help="Synthetic videos per class (12 classes; split 60/20/20 into train/val/test).")
+@click.option("--iterations", type=click.IntRange(min=1), default=DemoConfig.iterations, show_default=True,
+              help="Training iterations per model.")
+@click.option("--seed", type=click.IntRange(min=0), default=DemoConfig.seed, show_default=True,
+              help="Seed of the data and of training.")
+def demo_cmd(workdir: str, videos_per_class: int, iterations: int, seed: int) -> None:
+    """The whole pipeline on a generated dataset on the CPU, ending with the papers' ablation tables."""
+    config = DemoConfig(videos_per_class=videos_per_class, iterations=iterations, seed=seed)
+    run_demo(workdir, config, echo=click.echo)
 
 
 # --- commands: optical flow (pipeline/tvl1.py) ---
 
+
+@cli.command("flow-pair", epilog="""\b
+Examples:
+  actrec flow-pair frame10.png frame11.png -o flow.flo --viz flow.png
+  actrec flow-pair a.jpg b.jpg -o flow.flo --device cuda            # batched PyTorch solver on the GPU
+  actrec flow-pair a.jpg b.jpg -o flow.flo --backend opencv         # OpenCV's own CPU TV-L1
+\b
+Colour images are converted to gray as OpenCV does. The .flo holds the flow from IMG0 to IMG1 (pixels, x then y).
+""")
+@click.argument("img0", type=click.Path(dir_okay=False))
+@click.argument("img1", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Output Middlebury .flo file.")
+@click.option("--viz", type=click.Path(dir_okay=False), help="Also write the Middlebury colour-wheel picture (PNG).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where the torch backend computes; cuda without CUDA is an error.")
+@click.option("--backend", type=click.Choice(["torch", "opencv"]), default=None,
+              help="torch (PyTorch TV-L1) or opencv (cv2.optflow.DualTVL1OpticalFlow, CPU only) "
+                   "[default: torch on cuda, else opencv, as compute-flow].")
+@tvl1_options
+def flow_pair_cmd(img0: str, img1: str, out: str, viz: str | None, device: str, backend: str | None,
+                  **tvl1: float) -> None:
+    """TV-L1 optical flow between two images, written as .flo (and optionally a colour picture)."""
+    import numpy as np
+
+    from actrec.errors import InputError
+    from actrec.pipeline.flowio import read_gray_image, write_color_png, write_flo
+
+    params = tvl1_params(tvl1)
+    backend = backend or ("torch" if device == "cuda" else "opencv")
+    if backend == "opencv" and device == "cuda":
+        raise InputError("the opencv backend runs on the CPU only; use --backend torch with --device cuda")
+    a, b = read_gray_image(img0), read_gray_image(img1)
+    if a.shape != b.shape:
+        raise InputError(f"{img0} is {a.shape[1]}x{a.shape[0]} but {img1} is {b.shape[1]}x{b.shape[0]}")
+    if backend == "torch":
+        from actrec.pipeline.tvl1 import tvl1_flow
+
+        flow = tvl1_flow(a, b, params, device=device)[0].cpu().numpy()
+    else:
+        from actrec.pipeline.flow_opencv import opencv_tvl1_flow
+
+        flow = opencv_tvl1_flow(a, b, params)[0].numpy()
+    write_flo(out, flow)
+    if viz:
+        write_color_png(viz, flow)
+    magnitude = np.hypot(flow[..., 0], flow[..., 1])
+    click.echo(f"{out}: {flow.shape[1]}x{flow.shape[0]} flow ({backend}, {device}), mean |flow| "
+               f"{magnitude.mean():.3f} px, max {magnitude.max():.2f} px" + (f"; picture {viz}" if viz else ""))
+
 # --- commands: models, training, evaluation ---
+
+from actrec.data_manifests.manifest import SPLITS as _SPLITS  # noqa: E402  (this command block's imports)
+from actrec.training.config import AMP_MODES as _AMP_MODES, MODELS as _MODELS  # noqa: E402
+
+
+@cli.command("train", epilog="""\b
+Examples:
+  actrec train stilt --frames frames/ --flow flow/ --manifest ucf101_s1.csv --out runs/stilt_s1 \\
+      --gpu --workers 8 --pretrained resnet50-11ad3fa6.pth
+  actrec train stilt --frames frames/ --flow flow/ --manifest hmdb51_s1.csv --out runs/stilt_h1 \\
+      --gpu --lr-step 5000
+  actrec train cotlstm --frames frames/ --flow flow/ --manifest ucf101_s1.csv --out runs/cot_s1 --gpu
+  torchrun --nproc-per-node 4 -m actrec.cli train stilt --frames frames/ --flow flow/ \\
+      --manifest ucf101_s1.csv --out runs/stilt_s1 --gpu --accumulate 2
+  actrec train stilt --out runs/stilt_s1 --resume --gpu
+\b
+CPU demo with a reduced model and small crops:
+  actrec train stilt --frames data/frames --flow data/flow --manifest data/synth/manifest.csv \\
+      --out runs/demo --reduced --crop 64 --resize 72 --batch-size 8 --iterations 300 --lr 0.01
+\b
+Defaults are the paper's recipe for MODEL; --config JSON and then the options override them. The run folder
+gets config.json, checkpoint.pt (every --checkpoint-every iterations, on SIGTERM/SIGINT, at the end) and
+metrics.csv. Exit code 130 after a stop by signal: rerun with --resume.""")
+@click.argument("model", type=click.Choice(_MODELS))
+@click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False),
+              help="Run folder (config.json, checkpoint.pt, metrics.csv).")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="JSON object setting any training-config fields; options given here override it.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out exactly; only --iterations, --workers, --checkpoint-every and "
+                   "--log-every may change.")
+@click.option("--frames", help="Frame store folder.")
+@click.option("--flow", help="Flow store folder computed from that frame store.")
+@click.option("--manifest", type=click.Path(exists=True, dir_okay=False), help="Manifest CSV (labels and splits).")
+@click.option("--split", type=click.Choice(_SPLITS), help="Manifest split to train on [default: train].")
+@click.option("--iterations", type=click.IntRange(min=1), help="Total iterations [STILT 50000, CoT-LSTM 500].")
+@click.option("--batch-size", type=click.IntRange(min=1),
+              help="Global batch: per-process batch x processes x --accumulate [STILT 128, CoT-LSTM 64].")
+@click.option("--accumulate", type=click.IntRange(min=1), help="Micro-batches accumulated per iteration [1].")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Initial learning rate [0.001].")
+@click.option("--lr-step", type=click.IntRange(min=1),
+              help="Multiply the lr by 0.1 every N iterations [STILT 10000 (HMDB51 in the paper: 5000), "
+                   "CoT-LSTM 450].")
+@click.option("--weight-decay", type=click.FloatRange(min=0), help="SGD weight decay [0.0005].")
+@click.option("--momentum", type=click.FloatRange(0, 1), help="SGD momentum [0.9].")
+@click.option("--segments", type=click.IntRange(min=1), help="STILT: TSN segments per training clip [3].")
+@click.option("--flow-length", type=click.IntRange(min=1),
+              help="Flow frames per stack (STILT L) or sequence (CoT-LSTM t) [10].")
+@click.option("--crop", type=click.IntRange(min=1), help="Network input size [224].")
+@click.option("--resize", type=click.IntRange(min=1),
+              help="CoT-LSTM: square size before rotation and crop; STILT testing: short side [256].")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), help="Dropout before classifiers [0.5].")
+@click.option("--amp", type=click.Choice(_AMP_MODES),
+              help="Mixed precision: auto = bf16 on CUDA, off on CPU; fp16 uses a GradScaler [auto].")
+@click.option("--pretrained", type=click.Path(exists=True, dir_okay=False),
+              help="ImageNet checkpoint (torchvision ResNet-50 / CoTNet-101) loaded into both backbones, the "
+                   "flow stream's first conv by cross-modality init; what was loaded is printed.")
+@click.option("--co-attention/--no-co-attention", default=None,
+              help="STILT: --no-co-attention averages the segments instead (the paper's Two-stream ablation) [on].")
+@click.option("--reduced/--full-size", default=None, help="CPU-sized backbones for tests and demos [full size].")
+@click.option("--width", type=click.IntRange(min=1), help="Stem width of --reduced backbones [8].")
+@click.option("--seed", type=click.IntRange(min=0), help="Seed of weights, data order and augmentation [0].")
+@click.option("--workers", type=click.IntRange(min=0), help="DataLoader processes per training process [4].")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), help="Iterations between checkpoints [1000].")
+@click.option("--log-every", type=click.IntRange(min=1), help="Iterations between metrics rows [10].")
+@click.option("--gpu", is_flag=True, help="Train on cuda:LOCAL_RANK (one GPU per torchrun process).")
+@click.option("--quiet", is_flag=True, help="No progress bar (the summary is still printed).")
+def train_cmd(model: str, run_dir: str, config_file: str | None, resume: bool, gpu: bool, quiet: bool,
+              **overrides) -> None:
+    """Train STILT or CoT-LSTM on a frame store and a flow store (single process, or every process of torchrun)."""
+    from actrec.training.config import resolve_config
+    from actrec.training.trainer import resume_config, train
+
+    if resume and config_file:
+        raise click.UsageError("--config cannot be combined with --resume (the run's saved config is used)")
+    config = (resume_config(run_dir, {**overrides, "model": model}) if resume
+              else resolve_config(model, config_file, overrides))
+    summary = train(config, run_dir, resume=resume, gpu=gpu, progress=not quiet,
+                    log=lambda line: click.echo(line, err=True))
+    if summary.rank == 0:
+        click.echo(summary.line())
+    if summary.interrupted:
+        sys.exit(130)
+
+
+@cli.command("evaluate", epilog="""\b
+Examples:
+  actrec evaluate --checkpoint runs/stilt_s1/checkpoint.pt --split test -o scores/stilt_s1_test.npz --gpu
+  actrec evaluate --checkpoint runs/stilt_s1/checkpoint.pt --split train -o scores/stilt_s1_train.npz \\
+      --crops center --gpu
+  actrec fit-fusion --train-scores scores/stilt_s1_train.npz --test-scores scores/stilt_s1_test.npz -o fusion.json
+  actrec evaluate --checkpoint runs/stilt_s1/checkpoint.pt -o scores/stilt_s1_test.npz --fusion fusion.json
+\b
+Writes OUT.npz (per-stream softmax scores rgb and flow, the model's own fusion, ids, labels), OUT.per_class.csv
+and OUT.confusion.png, and prints top-1, top-5 and mean class accuracy per stream.""")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="checkpoint.pt of a training run (its config gives the model and the default data).")
+@click.option("--split", type=click.Choice(_SPLITS), default="test", show_default=True,
+              help="Manifest split to score (train: the scores fit-fusion learns from).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Score file to write (.npz); the CSV and PNG are written beside it.")
+@click.option("--frames", help="Frame store [default: the training run's].")
+@click.option("--flow", help="Flow store [default: the training run's].")
+@click.option("--manifest", type=click.Path(exists=True, dir_okay=False), help="Manifest [default: the run's].")
+@click.option("--positions", type=click.IntRange(min=1), default=25, show_default=True,
+              help="Uniformly spaced test positions per video.")
+@click.option("--crops", type=click.Choice(["ten", "center"]), default="ten", show_default=True,
+              help="10 crops (4 corners, centre and their mirror images) or the centre crop per position.")
+@click.option("--chunk", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Views per forward pass (lower it when memory runs out).")
+@click.option("--features", is_flag=True, help="Also store each stream's features (for early fusion).")
+@click.option("--fusion", type=click.Path(exists=True, dir_okay=False),
+              help="Fusion JSON from fit-fusion: apply it and report its accuracy too.")
+@click.option("--confusion-top", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Most frequent classes shown in the confusion matrix; the rest is grouped as 'other'.")
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
+              help="DataLoader processes reading the stores.")
+@click.option("--gpu", is_flag=True, help="Evaluate on cuda:LOCAL_RANK.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def evaluate_cmd(checkpoint: str, split: str, output: str, frames: str | None, flow: str | None,
+                 manifest: str | None, positions: int, crops: str, chunk: int, features: bool, fusion: str | None,
+                 confusion_top: int, workers: int, gpu: bool, quiet: bool) -> None:
+    """Score every video of a split with a trained model (TSN's 25-position test protocol) and report accuracy."""
+    from actrec.training.evaluate import EvalOptions, evaluate
+
+    options = EvalOptions(split=split, frames=frames, flow=flow, manifest=manifest, positions=positions,
+                          ten_crop=crops == "ten", chunk=chunk, features=features, fusion=fusion,
+                          confusion_top=confusion_top, workers=workers, gpu=gpu)
+    result = evaluate(checkpoint, output, options, progress=not quiet)
+    click.echo(result.table)
+    click.echo("wrote " + ", ".join(map(str, result.files)))
+
+@cli.command("predict", epilog="""\b
+Examples:
+  actrec predict clip.mp4 --checkpoint runs/stilt_s1/checkpoint.pt --fusion fusion.json --topk 5
+  actrec predict a.mp4 b.avi --checkpoint runs/cot_s1/checkpoint.pt --gpu --json > predictions.json
+\b
+Frames and flow are computed as for the training stores (their recorded size, fps, TV-L1 parameters and bound).""")
+@click.argument("videos", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="checkpoint.pt of a training run.")
+@click.option("--fusion", type=click.Path(exists=True, dir_okay=False),
+              help="Fusion JSON from fit-fusion [default: the model's own fused output].")
+@click.option("--topk", type=click.IntRange(min=1), default=5, show_default=True, help="Classes to print per video.")
+@click.option("--positions", type=click.IntRange(min=1), default=25, show_default=True,
+              help="Uniformly spaced test positions per video.")
+@click.option("--crops", type=click.Choice(["ten", "center"]), default="ten", show_default=True,
+              help="10 crops or the centre crop per position.")
+@click.option("--gpu", is_flag=True, help="Flow and model on CUDA.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")
+def predict_cmd(videos: tuple[str, ...], checkpoint: str, fusion: str | None, topk: int, positions: int, crops: str,
+                gpu: bool, as_json: bool) -> None:
+    """Classify videos with a trained model: decode, TV-L1 flow, test-time protocol, optional fusion weights."""
+    from actrec.training.predict import predict_videos
+
+    predictions = predict_videos(videos, checkpoint, fusion=fusion, k=topk, gpu=gpu, positions=positions,
+                                 ten_crop=crops == "ten", log=lambda line: click.echo(line, err=True))
+    if as_json:
+        click.echo(json.dumps([p.as_dict() for p in predictions], indent=2))
+        return
+    for p in predictions:
+        click.echo(p.video)
+        for rank, (name, probability) in enumerate(zip(p.classes, p.probabilities), start=1):
+            click.echo(f"  {rank}. {name:30s} {probability:.3f}")
+
 
 # --- commands: fusion (fusion/) ---
 
