@@ -109,7 +109,9 @@ def run_demo(workdir: str | Path, config: DemoConfig = DemoConfig(),
         (workdir / subdir).mkdir(parents=True, exist_ok=True)
     for argv in demo_commands(workdir, config):
         echo(f"\n$ actrec {' '.join(argv)}")
+        step = time.perf_counter()
         run_command(argv)
+        echo(f"[{argv[0]}: {time.perf_counter() - step:.1f} s]")
     rows = ablation_rows(workdir)
     seconds = time.perf_counter() - start
     text = "\n\n".join(format_table(table, title) for title, table in rows.items())

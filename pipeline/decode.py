@@ -7,7 +7,6 @@ frames were decoded is reported through ``DecodeResult.error`` so the caller can
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -184,9 +183,3 @@ def _convert(frame: av.VideoFrame, out_w: int, out_h: int, rotation: int, pixel_
     rgb = frame.reformat(width=coded_w, height=coded_h, format="rgb24", interpolation=interpolation).to_ndarray()
     rotated = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.rot90(rgb, k=rotation // 90)), format="rgb24")
     return rotated if pixel_format == "rgb24" else rotated.reformat(format=pixel_format)
-
-
-def default_threads() -> int:
-    """Decoder threads per worker process when the user does not say: all cores for one worker."""
-    return min(os.cpu_count() or 1, 8)
-

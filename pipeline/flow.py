@@ -27,9 +27,9 @@ from actrec.errors import DeviceError, InputError, StoreError
 from actrec.pipeline.flow_opencv import opencv_tvl1_flow
 from actrec.pipeline.flowio import dequantize_flow, quantize_flow
 from actrec.pipeline.frames import FrameStore
-from actrec.pipeline.stage import (Outcome, StageSummary, WorkItem, plan_shards, pool_executor, resolve_rank,
-                                   run_stage, shard_count)
-from actrec.pipeline.store import Dataset, ShardedReader, StoreLayout, init_store, is_disk_full, write_part
+from actrec.pipeline.stage import (Outcome, StageSummary, WorkItem, io_failure, plan_shards, pool_executor,
+                                   resolve_rank, run_stage, shard_count)
+from actrec.pipeline.store import Dataset, ShardedReader, StoreLayout, init_store, write_part
 from actrec.pipeline.tvl1 import TVL1Params, to_gray, tvl1_flow
 
 KIND = "flow"
@@ -75,8 +75,7 @@ def _write_video(layout: StoreLayout, item: WorkItem, num_frames: int, flow: np.
         nbytes = write_part(layout, item.shard, item.video_id, {"flow": encode_flow(flow, options)},
                             flow_attrs(num_frames, flow, options, hw))
     except OSError as exc:
-        status = "disk_full" if is_disk_full(exc) else "failed"
-        return Outcome(item.video_id, item.source, status, message=f"{layout.root}: {item.video_id}: {exc}")
+        return io_failure(item, exc, f"{layout.root}: {item.video_id}")
     return Outcome(item.video_id, item.source, "done", frames=int(flow.shape[0]), nbytes=nbytes)
 
 

@@ -24,9 +24,9 @@ import numpy as np
 from actrec.data_manifests.manifest import ManifestRow
 from actrec.errors import InputError, StoreError
 from actrec.pipeline.decode import DecodeError, DecodeResult, ResizeSpec, decode_frames
-from actrec.pipeline.stage import (Outcome, StageSummary, WorkItem, plan_shards, pool_executor, resolve_rank,
-                                   run_stage, shard_count)
-from actrec.pipeline.store import Dataset, ShardedReader, StoreLayout, init_store, is_disk_full, write_part
+from actrec.pipeline.stage import (Outcome, StageSummary, WorkItem, io_failure, plan_shards, pool_executor,
+                                   resolve_rank, run_stage, shard_count)
+from actrec.pipeline.store import Dataset, ShardedReader, StoreLayout, init_store, write_part
 
 KIND = "frames"
 ENCODINGS = ("jpeg", "raw")
@@ -106,9 +106,7 @@ def extract_video(item: WorkItem, layout: StoreLayout, options: ExtractOptions) 
     except DecodeError as exc:
         return Outcome(item.video_id, item.source, "failed", message=str(exc))
     except OSError as exc:
-        if is_disk_full(exc):
-            return Outcome(item.video_id, item.source, "disk_full", message=str(exc))
-        return Outcome(item.video_id, item.source, "failed", message=f"{path}: I/O error ({exc})")
+        return io_failure(item, exc, str(path))
     except Exception as exc:  # noqa: BLE001 - one video's unexpected error must not stop the job; it is reported
         return Outcome(item.video_id, item.source, "failed", message=f"{path}: {type(exc).__name__}: {exc}")
     return Outcome(item.video_id, item.source, "done", frames=len(encoded.data), nbytes=nbytes, message=warning)

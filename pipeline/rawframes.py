@@ -22,9 +22,9 @@ from actrec.errors import InputError, StoreError
 from actrec.pipeline.flow import KIND as FLOW_KIND, FlowOptions, FlowStore, encode_flow, flow_attrs
 from actrec.pipeline.flowio import quantize_flow
 from actrec.pipeline.frames import KIND as FRAMES_KIND, FrameStore
-from actrec.pipeline.stage import (Outcome, StageSummary, WorkItem, plan_shards, pool_executor, resolve_rank,
-                                   run_stage, shard_count)
-from actrec.pipeline.store import Dataset, StoreLayout, init_store, is_disk_full, write_part
+from actrec.pipeline.stage import (Outcome, StageSummary, WorkItem, io_failure, plan_shards, pool_executor,
+                                   resolve_rank, run_stage, shard_count)
+from actrec.pipeline.store import Dataset, StoreLayout, init_store, write_part
 
 _NUMBERED = re.compile(r"^(?P<prefix>.*?)(?P<index>\d+)\.(?P<ext>jpg|jpeg|png)$", re.IGNORECASE)
 _TMP = ".tmp"
@@ -122,8 +122,7 @@ def export_video(item: WorkItem, out: Path, frames: FrameStore, flows: FlowStore
         return Outcome(item.video_id, item.source, "failed", message=str(exc))
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        return Outcome(item.video_id, item.source, "disk_full" if is_disk_full(exc) else "failed",
-                       message=f"{out}: {item.video_id}: {exc}")
+        return io_failure(item, exc, f"{out}: {item.video_id}")
     return Outcome(item.video_id, item.source, "done", frames=int(count))
 
 
@@ -194,8 +193,7 @@ def import_frames_video(item: WorkItem, layout: StoreLayout, naming: Naming) -> 
     except InputError as exc:
         return Outcome(item.video_id, item.source, "failed", message=str(exc))
     except OSError as exc:
-        return Outcome(item.video_id, item.source, "disk_full" if is_disk_full(exc) else "failed",
-                       message=f"{folder}: {exc}")
+        return io_failure(item, exc, str(folder))
     return Outcome(item.video_id, item.source, "done", frames=len(files), nbytes=nbytes)
 
 
@@ -215,8 +213,7 @@ def import_flow_video(item: WorkItem, layout: StoreLayout, naming: Naming, optio
     except InputError as exc:
         return Outcome(item.video_id, item.source, "failed", message=str(exc))
     except OSError as exc:
-        return Outcome(item.video_id, item.source, "disk_full" if is_disk_full(exc) else "failed",
-                       message=f"{folder}: {exc}")
+        return io_failure(item, exc, str(folder))
     return Outcome(item.video_id, item.source, "done", frames=len(flow), nbytes=nbytes)
 
 

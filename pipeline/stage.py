@@ -19,6 +19,7 @@ from joblib import Parallel, delayed
 from tqdm import tqdm
 
 from actrec.errors import InputError, StoreError
+from actrec.pipeline.store import is_disk_full
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,12 @@ class Outcome:
     frames: int = 0
     nbytes: int = 0
     message: str = ""  # the failure reason, or a warning for a video kept despite a problem (e.g. partial decode)
+
+
+def io_failure(item: WorkItem, exc: OSError, where: str) -> Outcome:
+    """The outcome of an I/O error: ``disk_full`` (which stops the stage) or one failed video."""
+    return Outcome(item.video_id, item.source, "disk_full" if is_disk_full(exc) else "failed",
+                   message=f"{where}: {exc.strerror or exc}")
 
 
 @dataclass

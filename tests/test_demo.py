@@ -13,7 +13,7 @@ from actrec.cli import cli
 def test_demo_end_to_end_at_reduced_size(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
     result = CliRunner().invoke(cli, ["demo", "--workdir", str(workdir), "--videos-per-class", "5",
-                                      "--iterations", "4"])
+                                      "--iterations", "4", "--frames", "12", "--size", "32"])
     assert result.exit_code == 0, result.output
     for command in ("$ actrec synth", "$ actrec extract-frames", "$ actrec compute-flow", "$ actrec train stilt",
                     "--no-co-attention", "$ actrec train cotlstm", "$ actrec evaluate", "$ actrec fit-fusion"):
