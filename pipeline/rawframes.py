@@ -255,8 +255,8 @@ def import_rawframes(src: str | Path, frames_out: str | Path, flow_out: str | Pa
         if not naming.flow_x_prefix:
             raise InputError(f"{folders[0]}: no flow files (x_/y_ or flow_x_/flow_y_) to import")
         options = FlowOptions(bound=bound)
-        flow_layout = init_store(flow_out, FLOW_KIND, {**params, "bound": bound, "step": 1, "dtype": "uint8"},
-                                 num_shards)
+        flow_layout = init_store(flow_out, FLOW_KIND, {**params, "bound": bound, "step": 1, "dtype": "uint8",
+                                                       "compression": options.compression}, num_shards)
         items = plan_shards(entries, flow_layout.num_shards, rank, world_size)
         summaries.append(run_stage("import-flow", flow_layout, items,
                                    pool_executor(import_flow_video, workers, flow_layout, naming, options),
