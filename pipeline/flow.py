@@ -5,7 +5,8 @@ Index convention: a video of N stored frames gets N - step flows; flow ``i`` map
 stack of L flows starting at ``i`` covers frames ``i .. i + L*step``. A one-frame video gets zero flows.
 
 A video's group ``videos/<video_id>`` holds one dataset ``flow`` of shape ``[N - step, H, W, 2]`` (channel 0 = x,
-1 = y), one chunk per flow (Blosc-LZ4 by default: readers need ``import hdf5plugin``; ``gzip`` on request), and attributes ``num_flows``, ``num_frames``, ``height``, ``width``, ``step``,
+1 = y), one chunk per flow (Blosc-LZ4 by default: readers need ``import hdf5plugin``; ``gzip`` on request),
+and attributes ``num_flows``, ``num_frames``, ``height``, ``width``, ``step``,
 ``bound`` and ``dtype``. With ``dtype`` uint8 (the default) values are quantised as the field does: clipped to
 ``[-bound, bound]`` and mapped linearly to 0..255 (see ``actrec.pipeline.flowio.quantize_flow``); with float16
 they are pixels.
@@ -20,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+import cv2
 import hdf5plugin
 import numpy as np
 import torch
@@ -97,8 +99,11 @@ def _gray_frames(frames: FrameStore, video_id: str) -> np.ndarray:
     return np.stack([to_gray(rgb) for rgb in frames.read(video_id)])
 
 
-def opencv_video(item: WorkItem, layout: StoreLayout, frames: FrameStore, options: FlowOptions) -> Outcome:
-    """One video with OpenCV's TV-L1 (the ``opencv`` backend), run inside a worker process."""
+def opencv_video(item: WorkItem, layout: StoreLayout, frames: FrameStore, options: FlowOptions,
+                 cv_threads: int) -> Outcome:
+    """One video with OpenCV's TV-L1 (the ``opencv`` backend), run inside a worker process with ``cv_threads``
+    OpenCV threads (1 when several workers share the cores, -1 for OpenCV's default)."""
+    cv2.setNumThreads(cv_threads)
     try:
         gray = _gray_frames(frames, item.video_id)
     except StoreError as exc:
@@ -210,8 +215,9 @@ def compute_flow(frames_root: str | Path, out: str | Path, options: FlowOptions 
     rank, world_size = resolve_rank(rank, world_size)
     layout = init_store(out, KIND, options.store_params(), shard_count(len(ids), videos_per_shard))
     items = plan_shards([(v, v) for v in ids], layout.num_shards, rank, world_size)
-    execute = (pool_executor(opencv_video, workers, layout, frames, options) if options.backend == "opencv"
-               else batched_executor(layout, frames, options))
+    cv_threads = 1 if workers > 1 else -1
+    execute = (pool_executor(opencv_video, workers, layout, frames, options, cv_threads)
+               if options.backend == "opencv" else batched_executor(layout, frames, options))
     return run_stage("compute-flow", layout, items, execute, rank=rank, unit="flows", progress=progress, log=log)
 
 

@@ -63,7 +63,9 @@ def test_flow_i_maps_frame_i_to_frame_i_plus_1(frames_root: Path, opencv_store: 
 
 
 def test_torch_backend_matches_opencv_and_does_not_depend_on_batching(frames_root: Path, opencv_store: Path,
-                                                                    tmp_path: Path) -> None:
+                                                                    tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ACTREC_TVL1_COMPILE", "0")  # compiled = eager bit for bit (test_tvl1.py); skip the warm-up
     small, large = tmp_path / "b3", tmp_path / "b64"
     compute_flow(frames_root, small, FlowOptions(params=LIGHT, batch_size=3), progress=False)
     compute_flow(frames_root, large, FlowOptions(params=LIGHT, batch_size=64), progress=False)
