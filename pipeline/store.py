@@ -18,6 +18,7 @@ to rank ``k % world_size``, so no two processes ever write the same file.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -257,11 +258,10 @@ def _fsync(path: Path) -> None:
 
 
 def _remove_empty(folder: Path) -> None:
-    try:
+    """Remove a shard's parts folder and ``.parts`` when empty; a folder still holding files stays."""
+    with contextlib.suppress(OSError):
         folder.rmdir()
         folder.parent.rmdir()
-    except OSError:
-        pass
 
 
 def _store_io_error(path: Path, exc: OSError) -> StoreError:

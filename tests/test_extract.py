@@ -40,7 +40,7 @@ def pyav_frame_count(path: Path) -> int:
             for _ in container.decode(video=0):
                 n += 1
         except av.FFmpegError:
-            pass
+            return n  # a corrupt stream ends here
     return n
 
 
