@@ -64,29 +64,21 @@ def read_flo(path) -> np.ndarray:
     return np.frombuffer(data, "<f4", 2 * w * h, 12).reshape(h, w, 2).astype(np.float32)
 
 
+# Segments of the wheel: (hues, channel held at 255, channel that ramps, whether it ramps up). R=0, G=1, B=2.
+_WHEEL_SEGMENTS = ((15, 0, 1, True), (6, 1, 0, False), (4, 1, 2, True), (11, 2, 1, False), (13, 2, 0, True),
+                   (6, 0, 2, False))
+
+
 def _color_wheel() -> np.ndarray:
     """The 55-colour Middlebury wheel (RY 15, YG 6, GC 4, CB 11, BM 13, MR 6), values 0..255, float64."""
-    ry, yg, gc, cb, bm, mr = 15, 6, 4, 11, 13, 6
-    wheel = np.zeros((ry + yg + gc + cb + bm + mr, 3))
-    col = 0
-    wheel[col:col + ry, 0] = 255
-    wheel[col:col + ry, 1] = np.floor(255 * np.arange(ry) / ry)
-    col += ry
-    wheel[col:col + yg, 0] = 255 - np.floor(255 * np.arange(yg) / yg)
-    wheel[col:col + yg, 1] = 255
-    col += yg
-    wheel[col:col + gc, 1] = 255
-    wheel[col:col + gc, 2] = np.floor(255 * np.arange(gc) / gc)
-    col += gc
-    wheel[col:col + cb, 1] = 255 - np.floor(255 * np.arange(cb) / cb)
-    wheel[col:col + cb, 2] = 255
-    col += cb
-    wheel[col:col + bm, 2] = 255
-    wheel[col:col + bm, 0] = np.floor(255 * np.arange(bm) / bm)
-    col += bm
-    wheel[col:col + mr, 2] = 255 - np.floor(255 * np.arange(mr) / mr)
-    wheel[col:col + mr, 0] = 255
-    return wheel
+    blocks = []
+    for length, full, ramp, rising in _WHEEL_SEGMENTS:
+        step = np.floor(255 * np.arange(length) / length)
+        block = np.zeros((length, 3))
+        block[:, full] = 255
+        block[:, ramp] = step if rising else 255 - step
+        blocks.append(block)
+    return np.concatenate(blocks)
 
 
 def flow_to_color(flow_hw2, max_magnitude: float | None = None) -> np.ndarray:

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import errno
-import os
-import random
-import signal
 import subprocess
 import sys
-import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -27,6 +23,9 @@ from actrec.errors import StoreError
 from actrec.pipeline import frames as frames_mod
 from actrec.pipeline.decode import ResizeSpec
 from actrec.pipeline.frames import ExtractOptions, FrameStore, extract_frames
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/ is not a package: reach the shared helper module
+from kill_resume import kill_then_finish  # noqa: E402
 
 SIZE = (170, 128)
 OPTIONS = ExtractOptions(resize=ResizeSpec(*SIZE))
@@ -278,16 +277,12 @@ def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_pa
     reference = tmp_path / "reference"
     subprocess.run(cmd + ["--out", str(reference)], check=True, capture_output=True)
     killed = tmp_path / "killed"
-    rng = random.Random(7)
-    for _ in range(4):
-        proc = subprocess.Popen(cmd + ["--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
-        time.sleep(rng.uniform(0.8, 3.0))
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+
+    def nothing_half_written_is_visible() -> None:
         if (killed / "actrec_store.json").exists():
-            FrameStore(killed).video_ids  # every visible shard opens: nothing half-written is visible
-    final = subprocess.run(cmd + ["--out", str(killed)], capture_output=True, text=True)
+            FrameStore(killed).video_ids  # every visible shard opens
+
+    final = kill_then_finish(cmd, killed, kills=4, seed=7, wait=(0.8, 3.0), after_kill=nothing_half_written_is_visible)
     assert final.returncode == 0, final.stderr
     assert not list(killed.rglob("*.tmp"))
     assert _store_content(killed) == _store_content(reference)

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -25,6 +21,9 @@ from actrec.pipeline.flow_opencv import opencv_tvl1_flow
 from actrec.pipeline.flowio import quantize_flow
 from actrec.pipeline.frames import ExtractOptions, FrameStore, extract_frames
 from actrec.pipeline.tvl1 import TVL1Params, to_gray
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/ is not a package: reach the shared helper module
+from kill_resume import kill_then_finish  # noqa: E402
 
 SIZE = (64, 48)
 # A light TV-L1 so that the torch backend runs quickly on a CPU in tests; the solver's parity with OpenCV at
@@ -158,13 +157,6 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path: Path, videos_
            "--videos-per-shard", "1", "--quiet", "--nscales", "3", "--warps", "2"]
     subprocess.run(cmd + ["--out", str(tmp_path / "reference")], check=True, capture_output=True)
     killed = tmp_path / "killed"
-    rng = random.Random(3)
-    for _ in range(3):
-        proc = subprocess.Popen(cmd + ["--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
-        time.sleep(rng.uniform(1.0, 4.0))
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    final = subprocess.run(cmd + ["--out", str(killed)], capture_output=True, text=True)
+    final = kill_then_finish(cmd, killed, kills=3, seed=3, wait=(1.0, 4.0))
     assert final.returncode == 0, final.stderr
     assert _content(killed) == _content(tmp_path / "reference") and len(_content(killed)) == 4
