@@ -6,6 +6,7 @@ CUDA variants run only where CUDA is available.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import cv2
@@ -235,6 +236,21 @@ def test_batch_results_equal_one_by_one(small_pairs):
 @needs_cuda
 def test_batch_results_equal_one_by_one_cuda(small_pairs):
     check_batch_equals_single(*small_pairs, "cuda")
+
+
+def test_cuda_schedule_gives_the_cpu_result(small_pairs, monkeypatch):
+    """The CUDA defaults (eager kernels, the whole batch in one call, converged pairs frozen on the device and
+    dropped only at one host check per outer iteration) run here on the CPU and give the CPU defaults' result
+    bit for bit, so the scheduling that CUDA uses is exercised even where no GPU is."""
+    img0, img1 = small_pairs
+    cpu_default = tvl1_flow(img0, img1)
+    monkeypatch.setattr(T, "solve_level", functools.partial(T.solve_level, sync_inner=False))
+    compactions = []
+    take = T._take
+    monkeypatch.setattr(T, "_take", lambda d, idx: compactions.append(len(idx)) or take(d, idx))
+    cuda_schedule = tvl1_flow(img0, img1, compile=False, chunk=len(img0))
+    assert torch.equal(cpu_default, cuda_schedule)
+    assert compactions and min(compactions) < len(img0)  # converged pairs were dropped from the batch
 
 
 def test_compiled_and_eager_agree(small_pairs):
