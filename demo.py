@@ -115,6 +115,7 @@ def run_demo(workdir: str | Path, config: DemoConfig = DemoConfig(),
     rows = ablation_rows(workdir)
     seconds = time.perf_counter() - start
     text = "\n\n".join(format_table(table, title) for title, table in rows.items())
+    text += "\n\n" + noise_note(len(load_scores(workdir / "scores" / "stilt_test.npz").video_ids))
     text += (f"\n\nFiles under {workdir}: synth/ (videos, manifest.csv), frames/, flow/, runs/<model>/ (config, "
              f"checkpoint, metrics.csv), scores/*.npz (+ .per_class.csv, .confusion.png), fusion/*.json and "
              f"fusion/*_weights.png. Demo time {seconds:.0f} s.")
@@ -123,6 +124,13 @@ def run_demo(workdir: str | Path, config: DemoConfig = DemoConfig(),
     (workdir / "demo_results.json").write_text(json.dumps({"config": asdict(config), "top1": top1,
                                                            "seconds": seconds}, indent=2))
     return DemoResult(text, top1, workdir, seconds)
+
+
+def noise_note(test_videos: int) -> str:
+    """How much one seed's table can say: the value of one test video, and where the seed study is."""
+    return (f"Test top-1 on {test_videos} videos: one video is {100 / test_videos:.1f} points, so one seed cannot "
+            f"settle a difference of a few points; benchmarks/bench_demo_seeds.py runs several seeds (results in "
+            f"benchmarks/RESULTS.md).")
 
 
 def _late_average(scores: ScoreSet) -> np.ndarray:

@@ -27,6 +27,7 @@ def test_demo_end_to_end_at_reduced_size(tmp_path: Path) -> None:
                         ("CoT-LSTM (Table II layout)", ["spatial", "temporal", "fusion (FC-2)"])):
         assert title in result.output
         assert all(row in result.output for row in rows)
+    assert "Test top-1 on 12 videos: one video is 8.3 points" in result.output
     top1 = json.loads((workdir / "demo_results.json").read_text())["top1"]
     assert len(top1) == 11 and all(0.0 <= v <= 100.0 for v in top1.values())
     for path in ("synth/manifest.csv", "frames/actrec_store.json", "flow/actrec_store.json",
