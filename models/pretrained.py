@@ -80,9 +80,20 @@ def load_torch_file(path: str | Path) -> object:
         raise InputError(f"{path}: checkpoint file not found")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # the unpickler raises many types (IndexError, UnpicklingError...) on foreign bytes
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise InputError(f"{path}: not a loadable PyTorch checkpoint ({reason})") from exc
+    except Exception as exc:  # the unpickler raises many types (EOFError, IndexError, UnpicklingError...)
+        raise InputError(f"{path}: not a readable PyTorch checkpoint (corrupt or truncated? "
+                         f"{_load_failure(exc)})") from None
+
+
+# torch.load wraps the actual reason of a failed safe load in generic advice; these lines are that advice
+_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
+def _load_failure(exc: Exception) -> str:
+    """The specific line of a torch.load error, without its generic advice."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    specific = [line for line in lines if not line.startswith(_ADVICE)]
+    return specific[0] if specific else type(exc).__name__
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:

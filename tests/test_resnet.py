@@ -212,9 +212,9 @@ def test_weights_of_another_architecture_raise(pretrained_resnet50) -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (b"", "not a loadable PyTorch checkpoint"),
-        (b"this is a text file, not a checkpoint\n", "not a loadable PyTorch checkpoint"),
-        ("truncated", "not a loadable PyTorch checkpoint"),
+        (b"", "not a readable PyTorch checkpoint"),
+        (b"this is a text file, not a checkpoint\n", "not a readable PyTorch checkpoint"),
+        ("truncated", "not a readable PyTorch checkpoint"),
         ("list", "not a state dict"),
         ("non-tensor", "not a state dict"),
     ],

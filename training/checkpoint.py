@@ -17,11 +17,10 @@ import numpy as np
 import torch
 
 from actrec.errors import InputError
+from actrec.models.pretrained import load_torch_file
 
 FORMAT = "actrec-train-checkpoint"
 FORMAT_VERSION = 1
-# torch.load's generic advice around the actual reason of a weights_only failure (it suggests weights_only=False)
-_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
 REQUIRED = ("iteration", "config", "class_names", "world_size", "model", "optimizer", "scheduler", "scaler", "rng")
 
 
@@ -60,14 +59,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read and check a training checkpoint; InputError for a missing, corrupt or foreign file."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: checkpoint not found")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # the unpickler raises many types (EOFError, UnpicklingError, RuntimeError...)
-        raise InputError(f"{path}: not a readable PyTorch checkpoint (corrupt or truncated? "
-                         f"{_load_failure(exc)})") from None
+    loaded = load_torch_file(path)
     if not isinstance(loaded, dict) or loaded.get("format") != FORMAT:
         raise InputError(f"{path}: not an actrec training checkpoint (expected format {FORMAT!r}; a bare state dict "
                          "or another tool's file cannot be resumed or evaluated)")
@@ -79,9 +71,3 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise InputError(f"{path}: incomplete training checkpoint (missing {', '.join(missing)})")
     return loaded
 
-
-def _load_failure(exc: Exception) -> str:
-    """The specific line of a torch.load error, without its generic advice."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    specific = [line for line in lines if not line.startswith(_BOILERPLATE)]
-    return specific[0] if specific else type(exc).__name__
