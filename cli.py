@@ -186,8 +186,9 @@ def make_manifest_cmd(dataset: str, output: str, splits_dir: str | None, split: 
         click.echo(f"warning: ... and {len(build.problems) - 20} more problems", err=True)
     count = write_manifest(output, build.rows)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(build.counts().items()))
+    unplaced = f", {len(build.unplaced)} outside class folders" if build.unplaced else ""
     click.echo(f"make-manifest: {count} videos ({counts}); {len(build.duplicates)} duplicates, "
-               f"{len(build.unknown_labels)} unknown labels, {len(build.missing)} missing -> {output}")
+               f"{len(build.unknown_labels)} unknown labels, {len(build.missing)} missing{unplaced} -> {output}")
 
 
 @cli.command("extract-frames", epilog="""\b

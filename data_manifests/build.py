@@ -30,11 +30,12 @@ class ManifestBuild:
     duplicates: list[str] = field(default_factory=list)
     unknown_labels: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    unplaced: list[str] = field(default_factory=list)  # folder layout: videos outside any class folder
 
     @property
     def problems(self) -> list[str]:
         return ([f"duplicate: {d}" for d in self.duplicates] + [f"unknown label: {u}" for u in self.unknown_labels]
-                + [f"missing video: {m}" for m in self.missing])
+                + [f"missing video: {m}" for m in self.missing] + _unplaced_problem(self.unplaced))
 
     def counts(self) -> dict[str, int]:
         """Number of rows per split."""
@@ -137,39 +138,55 @@ def kinetics_manifest(csv_paths: Sequence[str | Path], label_map: str | Path | N
     if label_map:
         classes = _read_lines(Path(label_map))
     else:
-        classes = sorted({r["label"] for rows in tables for r in rows if r.get("label")})
+        classes = sorted({r["label"] for rows in tables for _, r in rows if r.get("label")})
 
     def rows() -> Iterator[tuple[str, str, str | None]]:
         for path, table in zip(csv_paths, tables):
-            for r in table:
+            for line_no, r in table:
                 try:
                     rel = pattern.format(youtube_id=r["youtube_id"], time_start=int(r["time_start"]),
                                          time_end=int(r["time_end"]), label=r.get("label", ""), split=r["split"])
                 except (KeyError, ValueError) as exc:
-                    raise InputError(f"{path}: cannot name row {r} with pattern {pattern!r} ({exc})") from None
+                    raise InputError(f"{path}:{line_no}: cannot name row {r} with pattern {pattern!r} ({exc})") from None
                 split = "val" if r["split"] in ("val", "validate") else r["split"]
                 yield rel, split, r.get("label") or None
 
     return _collect(rows(), classes, "kinetics")
 
 
-def _read_kinetics_csv(path: Path) -> list[dict[str, str]]:
+def _read_kinetics_csv(path: Path) -> list[tuple[int, dict[str, str]]]:
+    """The rows of a Kinetics CSV with their line numbers; a row whose field count differs from the header's is an
+    InputError naming the file and line (a short row would otherwise carry None values into the naming)."""
     if not path.is_file():
         raise InputError(f"{path}: Kinetics CSV not found")
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         needed = {"youtube_id", "time_start", "time_end", "split"}
-        if not needed <= set(reader.fieldnames or ()):
+        header = reader.fieldnames or []
+        if not needed <= set(header):
             raise InputError(f"{path}: not a Kinetics CSV (needs columns {', '.join(sorted(needed))})")
-        return list(reader)
+        rows = []
+        for row in reader:
+            extra = row.get(None) or []  # type: ignore[call-overload]
+            fields = sum(v is not None for k, v in row.items() if k is not None) + len(extra)
+            if fields != len(header):
+                raise InputError(f"{path}:{reader.line_num}: row has {fields} fields, the header "
+                                 f"({','.join(header)}) has {len(header)}")
+            rows.append((reader.line_num, row))
+        return rows
+
+
+FOLDER_LAYOUT = "<root>/<class>/<video> or <root>/<train|val|test>/<class>/<video>"
 
 
 def folder_manifest(video_root: str | Path, split: str = "train",
                     extensions: Sequence[str] = VIDEO_EXTENSIONS) -> ManifestBuild:
     """A class-per-folder tree: ``root/<class>/<video>``, or ``root/<train|val|test>/<class>/<video>``.
 
-    Classes are the sorted folder names; with split folders every video takes its folder's split, otherwise
-    ``split``.
+    Classes are the sorted names of the folders that hold videos; with split folders every video takes its
+    folder's split, otherwise ``split``. Videos outside any class folder (directly under the root or under a split
+    folder) have no label: they are left out and listed in ``unplaced``, and a tree where no video is in a class
+    folder is an InputError, so that a wrong ``--video-root`` never gives an empty manifest silently.
     """
     root = Path(video_root)
     if not root.is_dir():
@@ -177,17 +194,35 @@ def folder_manifest(video_root: str | Path, split: str = "train",
     tops = sorted(p for p in root.iterdir() if p.is_dir())
     split_dirs = [p for p in tops if p.name in ("train", "val", "test")]
     sources = [(p, p.name) for p in split_dirs] if split_dirs and len(split_dirs) == len(tops) else [(root, split)]
-    classes = sorted({c.name for base, _ in sources for c in base.iterdir() if c.is_dir()})
     exts = {e.lower() for e in extensions}
 
-    def rows() -> Iterator[tuple[str, str, str | None]]:
-        for base, base_split in sources:
-            for class_dir in sorted(c for c in base.iterdir() if c.is_dir()):
-                for video in sorted(class_dir.rglob("*")):
-                    if video.is_file() and video.suffix.lower() in exts:
-                        yield video.relative_to(root).as_posix(), base_split, class_dir.name
+    def videos(folder: Path, recursive: bool) -> list[Path]:
+        found = folder.rglob("*") if recursive else folder.iterdir()
+        return sorted(v for v in found if v.is_file() and v.suffix.lower() in exts)
 
-    return _collect(rows(), classes, str(root))
+    candidates = [(video.relative_to(root).as_posix(), base_split, class_dir.name)
+                  for base, base_split in sources
+                  for class_dir in sorted(c for c in base.iterdir() if c.is_dir())
+                  for video in videos(class_dir, recursive=True)]
+    bases = {root} | {base for base, _ in sources}
+    unplaced = [v.relative_to(root).as_posix() for base in sorted(bases) for v in videos(base, recursive=False)]
+    if not candidates:
+        raise InputError(f"{root}: no videos in class folders (the layout is {FOLDER_LAYOUT})"
+                         + (f"; {_videos(len(unplaced))} outside them have no class" if unplaced else ""))
+    build = _collect(candidates, sorted({c for _, _, c in candidates}), str(root))
+    return replace(build, unplaced=unplaced)
+
+
+def _videos(n: int) -> str:
+    return f"{n} video" + ("" if n == 1 else "s")
+
+
+def _unplaced_problem(unplaced: Sequence[str]) -> list[str]:
+    """One message for the videos a folder layout had to leave out: how many, why, and the first few."""
+    if not unplaced:
+        return []
+    shown = ", ".join(unplaced[:3]) + (", ..." if len(unplaced) > 3 else "")
+    return [f"{_videos(len(unplaced))} left out, not in a class folder (the layout is {FOLDER_LAYOUT}): {shown}"]
 
 
 def check_videos(build: ManifestBuild, video_root: str | Path, drop_missing: bool = True) -> ManifestBuild:

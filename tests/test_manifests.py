@@ -147,3 +147,73 @@ def test_make_manifest_cli(tmp_path: Path, splits: Path) -> None:
     assert len(read_manifest(out, ["train"])) == 9586
     result = CliRunner().invoke(cli, ["make-manifest", "hmdb51", "-o", str(out)])
     assert result.exit_code == 2 and "needs --splits-dir" in result.output
+
+
+def test_make_manifest_folder_reports_videos_outside_class_folders(tmp_path: Path, videos_dir: Path) -> None:
+    """On the real clips folder: the clips of edge_cases/ are listed, the top-level clips are named as left out."""
+    from actrec.data_manifests.build import VIDEO_EXTENSIONS
+
+    top = sorted(p.name for p in videos_dir.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+    in_class = sorted(p.stem for p in (videos_dir / "edge_cases").iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)
+    assert top and in_class
+    out = tmp_path / "real.csv"
+    result = CliRunner().invoke(cli, ["make-manifest", "folder", "--video-root", str(videos_dir), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"warning: {len(top)} videos left out, not in a class folder (the layout is <root>/<class>/<video>" \
+        in result.output and top[0] in result.output
+    assert f"{len(in_class)} videos (train {len(in_class)})" in result.output
+    assert f"{len(top)} outside class folders" in result.output
+    rows = read_manifest(out)
+    assert sorted(r.video_id for r in rows) == in_class and {r.label_name for r in rows} == {"edge_cases"}
+
+
+def test_make_manifest_folder_with_no_class_folder_is_an_error(tmp_path: Path) -> None:
+    for name in ["a.mp4", "b.avi", "notes.txt"]:
+        (tmp_path / "clips" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "clips" / name).write_bytes(b"v")
+    out = tmp_path / "m.csv"
+    runner = CliRunner()
+    result = runner.invoke(cli, ["make-manifest", "folder", "--video-root", str(tmp_path / "clips"), "-o", str(out)])
+    assert result.exit_code == 1 and not out.exists()
+    assert result.output.strip().splitlines() == [
+        f"error: {tmp_path / 'clips'}: no videos in class folders (the layout is <root>/<class>/<video> or "
+        "<root>/<train|val|test>/<class>/<video>); 2 videos outside them have no class"]
+    (tmp_path / "empty").mkdir()
+    empty = runner.invoke(cli, ["make-manifest", "folder", "--video-root", str(tmp_path / "empty"), "-o", str(out)])
+    assert empty.exit_code == 1 and "no videos in class folders" in empty.output and "outside" not in empty.output
+
+
+def test_folder_manifest_split_layout_reports_videos_under_split_folders(tmp_path: Path) -> None:
+    for rel in ["train/run/a.mp4", "train/stray.mp4", "test/run/c.mp4", "top.mkv", "test/jump/readme.txt"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"v")
+    build = folder_manifest(tmp_path)
+    assert [(r.video_id, r.split, r.label) for r in build.rows] == [("c", "test", 0), ("a", "train", 0)]
+    assert build.unplaced == ["top.mkv", "train/stray.mp4"]
+    assert build.problems == ["2 videos left out, not in a class folder (the layout is <root>/<class>/<video> or "
+                              "<root>/<train|val|test>/<class>/<video>): top.mkv, train/stray.mp4"]
+
+
+def test_kinetics_csv_row_with_wrong_field_count_is_one_line_error(tmp_path: Path, splits: Path) -> None:
+    k = splits / "kinetics400"
+    lines = (k / "kinetics-400_val.csv").read_text().splitlines()[:4]
+    short, long_ = tmp_path / "short.csv", tmp_path / "long.csv"
+    short.write_text("\n".join(lines[:3] + [",".join(lines[3].split(",")[:3])]) + "\n")  # line 4: 3 of 6 fields
+    long_.write_text("\n".join(lines[:2] + [lines[2] + ",extra"]) + "\n")
+    runner = CliRunner()
+    for path, line, fields in [(short, 4, 3), (long_, 3, 7)]:
+        result = runner.invoke(cli, ["make-manifest", "kinetics400", "--csv", str(path), "-o", str(tmp_path / "k.csv")])
+        assert result.exit_code == 1, result.output
+        assert result.output.strip().splitlines() == [
+            f"error: {path}:{line}: row has {fields} fields, the header (label,youtube_id,time_start,time_end,split,"
+            "is_cc) has 6"]
+    bad_time = tmp_path / "bad_time.csv"
+    bad_time.write_text(lines[0] + "\nabseiling,abc,1.5,11,val,0\n")
+    with pytest.raises(InputError, match=r"bad_time.csv:2: cannot name row"):
+        kinetics_manifest([bad_time])
+    # the real validation CSV still loads through the command
+    out = tmp_path / "k400_val.csv"
+    result = runner.invoke(cli, ["make-manifest", "kinetics400", "--csv", str(k / "kinetics-400_val.csv"),
+                                 "--label-map", str(k / "label_map_k400.txt"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "19906 videos (val 19906); 0 duplicates" in result.output
