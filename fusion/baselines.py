@@ -2,7 +2,8 @@
 
 - ``average``: late average of the streams' softmax scores (equal weights for every class).
 - ``global``: one weight per stream shared by all classes, chosen by grid search over the simplex
-  (step 0.05 by default) for training top-1 accuracy, as mmaction2 (1:1) and TSN (1:1.5) fix by hand.
+  (step 0.05 by default) for training top-1 accuracy, as mmaction2 (1:1) and TSN (1:1.5) fix by hand; a single
+  stream gets weight 1.
 - ``early``: a linear SVM on the standardised, concatenated per-stream features, with the Crammer-Singer multiclass
   hinge loss max(0, 1 + max_{j != y} s_j - s_y) plus an L2 penalty, trained full-batch or by minibatches with Adam
   in torch on the CPU, deterministic for a seed.
@@ -43,10 +44,11 @@ def simplex_grid(num_streams: int, steps: int) -> np.ndarray:
     """Every weight vector (G, S) with entries k / steps (k integer >= 0) summing to 1, in lexicographic order.
 
     By stars and bars: each choice of S - 1 bar positions among steps + S - 1 slots is one composition of steps.
+    One stream has one point, weight 1.
     """
     slots = steps + num_streams - 1
-    bars = np.array(list(itertools.combinations(range(slots), num_streams - 1)), dtype=np.int64)
-    bars = bars.reshape(-1, num_streams - 1)
+    choices = list(itertools.combinations(range(slots), num_streams - 1))
+    bars = np.array(choices, dtype=np.int64).reshape(len(choices), num_streams - 1)
     edges = np.concatenate([np.full((len(bars), 1), -1), bars, np.full((len(bars), 1), slots)], axis=1)
     return (np.diff(edges, axis=1) - 1) / steps
 

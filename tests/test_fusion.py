@@ -405,3 +405,32 @@ def test_cli_fit_fusion_from_npy_with_fixed_lambda(tmp_path: Path) -> None:
     assert same.exit_code == 0 and "warning: " in same.output and "100 video ids also appear in" in same.output
     negative = CliRunner().invoke(cli, args + ["--lambda", "-1"])
     assert negative.exit_code == 2 and "lambda must be a finite number >= 0" in negative.output
+
+
+def single_stream(s: ScoreSet) -> ScoreSet:
+    return ScoreSet(s.video_ids, s.labels, s.class_names, ["rgb"], s.scores[:1])
+
+
+@pytest.mark.parametrize("method", ["global", "all"])
+def test_cli_fit_fusion_single_stream(tmp_path: Path, method: str) -> None:
+    """One stream: global weights and every late fusion give it weight 1, so each row repeats the stream's."""
+    save_scores(tmp_path / "train.npz", single_stream(two_group_scores(1, 10, "a")))
+    save_scores(tmp_path / "test.npz", single_stream(two_group_scores(2, 10, "b")))
+    result = CliRunner().invoke(cli, ["fit-fusion", "--train-scores", str(tmp_path / "train.npz"), "--test-scores",
+                                      str(tmp_path / "test.npz"), "--method", method, "--folds", "2",
+                                      "-o", str(tmp_path / "f.json")])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    stream = next(line for line in lines if line.startswith("rgb "))
+    fused = [line for line in lines if line.startswith(("global weights", "late average", "AWF"))]
+    assert len(fused) == (3 if method == "all" else 1)
+    assert any(line.startswith("global weights (rgb 1.00)") for line in fused)
+    assert all(line.split()[-3:] == stream.split()[-3:] for line in fused)
+    fusion = load_fusion(tmp_path / "f.json")
+    assert fusion.method == ("awf" if method == "all" else "global") and fusion.weights.tolist() == [[1.0]] * 10
+    if method == "all":
+        assert "early: skipped" in result.output
+
+
+def test_simplex_grid_of_one_stream_is_weight_one() -> None:
+    assert simplex_grid(1, 20).tolist() == [[1.0]]
