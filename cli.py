@@ -184,6 +184,9 @@ def make_manifest_cmd(dataset: str, output: str, splits_dir: str | None, split: 
         click.echo(f"warning: {problem}", err=True)
     if len(build.problems) > 20:
         click.echo(f"warning: ... and {len(build.problems) - 20} more problems", err=True)
+    if not build.rows:
+        raise ActrecError(f"{output}: not written, no video left ({len(build.duplicates)} duplicates, "
+                          f"{len(build.unknown_labels)} unknown labels, {len(build.missing)} missing)")
     count = write_manifest(output, build.rows)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(build.counts().items()))
     unplaced = f", {len(build.unplaced)} outside class folders" if build.unplaced else ""

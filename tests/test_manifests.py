@@ -147,6 +147,14 @@ def test_make_manifest_cli(tmp_path: Path, splits: Path) -> None:
     assert len(read_manifest(out, ["train"])) == 9586
     result = CliRunner().invoke(cli, ["make-manifest", "hmdb51", "-o", str(out)])
     assert result.exit_code == 2 and "needs --splits-dir" in result.output
+    # every video missing under --video-root: warnings, then one error line; nothing is written
+    (tmp_path / "UCF-101").mkdir()
+    empty = tmp_path / "none.csv"
+    result = CliRunner().invoke(cli, ["make-manifest", "ucf101", "--splits-dir", str(splits / "ucf101"), "--video-root",
+                                      str(tmp_path / "UCF-101"), "-o", str(empty)])
+    assert result.exit_code == 1 and not empty.exists()
+    assert result.output.splitlines()[-1] == (f"error: {empty}: not written, no video left (0 duplicates, "
+                                              "0 unknown labels, 13320 missing)")
 
 
 def test_make_manifest_folder_reports_videos_outside_class_folders(tmp_path: Path, videos_dir: Path) -> None:
