@@ -210,7 +210,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     if gt_rows:
-        print("\n| ground-truth pair | within 0.1 px | mean distance (px) | max distance (px) | OpenCV EPE | ours EPE |")
+        print("\n| ground-truth pair | within 0.1 px | mean distance (px) | max distance (px) | OpenCV EPE "
+              "| ours EPE |")
         print("|---|---|---|---|---|---|")
         print("\n".join(gt_rows))
 

@@ -147,7 +147,8 @@ def kinetics_manifest(csv_paths: Sequence[str | Path], label_map: str | Path | N
                     rel = pattern.format(youtube_id=r["youtube_id"], time_start=int(r["time_start"]),
                                          time_end=int(r["time_end"]), label=r.get("label", ""), split=r["split"])
                 except (KeyError, ValueError) as exc:
-                    raise InputError(f"{path}:{line_no}: cannot name row {r} with pattern {pattern!r} ({exc})") from None
+                    raise InputError(f"{path}:{line_no}: cannot name row {r} with pattern {pattern!r} "
+                                     f"({exc})") from None
                 split = "val" if r["split"] in ("val", "validate") else r["split"]
                 yield rel, split, r.get("label") or None
 
