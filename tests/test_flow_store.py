@@ -66,8 +66,9 @@ def test_torch_backend_matches_opencv_and_does_not_depend_on_batching(frames_roo
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ACTREC_TVL1_COMPILE", "0")  # compiled = eager bit for bit (test_tvl1.py); skip the warm-up
     small, large = tmp_path / "b3", tmp_path / "b64"
-    compute_flow(frames_root, small, FlowOptions(params=LIGHT, batch_size=3), progress=False)
-    compute_flow(frames_root, large, FlowOptions(params=LIGHT, batch_size=64), progress=False)
+    pair = SIZE[0] * SIZE[1]
+    compute_flow(frames_root, small, FlowOptions(params=LIGHT, batch_pixels=3 * pair), progress=False)
+    compute_flow(frames_root, large, FlowOptions(params=LIGHT, batch_pixels=64 * pair), progress=False)
     reference = FlowStore(opencv_store)
     assert FlowStore(small).num_flows("rot") == 0  # 0.1 s of video at 3 fps: one frame
     for vid in ["ava"]:
