@@ -24,7 +24,7 @@ from actrec.errors import StoreError
 from actrec.pipeline.stage import Outcome, Progress, WorkItem
 
 Reader = Callable[[WorkItem], np.ndarray]  # a video's grayscale frames, uint8 [N, H, W]
-Solver = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (img0, img1) uint8 [B, H, W] -> float32 [B, H, W, 2]
+Solver = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (img0, img1) uint8 [B, H, W] -> stored [B, H, W, 2]
 Writer = Callable[[WorkItem, int, np.ndarray], Outcome]  # (item, frames, flow [N - step, H, W, 2]) -> outcome
 Event = Union[Outcome, Progress]
 
@@ -61,9 +61,8 @@ class PairBatcher:
     finished ``_Video`` objects (to write), and failed ``Outcome`` objects.
     """
 
-    def __init__(self, solve: Solver, convert: Callable[[np.ndarray], np.ndarray], step: int,
-                 batch_pixels: int) -> None:
-        self.solve, self.convert, self.step = solve, convert, step
+    def __init__(self, solve: Solver, step: int, batch_pixels: int) -> None:
+        self.solve, self.step = solve, step
         self.batch_pixels = batch_pixels
         self.queues: dict[tuple[int, int], list[Pair]] = {}
         self.held: dict[str, _Video] = {}  # read videos with pairs still to solve, oldest first
@@ -130,7 +129,7 @@ class PairBatcher:
     def _store(self, batch: list[Pair], flow: np.ndarray) -> list:
         solved: dict[str, int] = {}
         finished = []
-        for (video, i), pair_flow in zip(batch, self.convert(flow)):
+        for (video, i), pair_flow in zip(batch, flow):
             video.flow[i] = pair_flow
             video.missing -= 1
             solved[video.item.video_id] = solved.get(video.item.video_id, 0) + 1
@@ -154,12 +153,12 @@ class PairBatcher:
         video.gray = None
 
 
-def flow_executor(read: Reader, solve: Solver, write: Writer, convert: Callable[[np.ndarray], np.ndarray],
-                  dtype: np.dtype, step: int, limits: DriverLimits) -> Callable[[list[WorkItem]], Iterator[Event]]:
+def flow_executor(read: Reader, solve: Solver, write: Writer, dtype: np.dtype, step: int,
+                  limits: DriverLimits) -> Callable[[list[WorkItem]], Iterator[Event]]:
     """The stage executor: reads ahead, batches, solves in this thread, and writes in a writer thread."""
 
     def execute(items: list[WorkItem]) -> Iterator[Event]:
-        batcher = PairBatcher(solve, convert, step, limits.batch_pixels)
+        batcher = PairBatcher(solve, step, limits.batch_pixels)
         pending = iter(items)
         reads: deque[tuple[WorkItem, Future]] = deque()
         writes: deque[Future] = deque()

@@ -18,7 +18,8 @@ from click.testing import CliRunner
 from actrec.cli import cli
 from actrec.errors import DeviceError
 from actrec.pipeline import flow as flow_mod
-from actrec.pipeline.flow import FlowOptions, FlowStore, compute_flow, resolve_device
+from actrec.pipeline.flow import FlowOptions, FlowStore, compute_flow, quantize_on_device, resolve_device
+from actrec.pipeline.flowio import quantize_flow, read_flo
 
 FRAMES = 5  # frames per fake video: 4 pairs
 
@@ -183,3 +184,17 @@ def test_gpu_with_the_opencv_backend_is_an_error(two_gpus: None, tmp_path: Path)
     assert result.exit_code == 1
     assert "error: the opencv backend computes on the CPU only, not on cuda:0" in result.output
     assert not (tmp_path / "flow").exists()
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+@pytest.mark.parametrize("bound", [20.0, 2.0, 7.3])
+def test_quantising_on_the_solver_device_equals_the_stored_convention(device: str, bound: float,
+                                                                    shared_data: Path) -> None:
+    real = read_flo(next((shared_data / "flow_gt").rglob("*.flo"))).ravel()
+    codes = np.arange(256)
+    half = ((codes + 0.5) * (2 * bound / 255) - bound).astype(np.float32)  # exactly between two codes
+    flow = np.concatenate([real, half, np.nextafter(half, np.float32(np.inf)), np.nextafter(half, np.float32(-np.inf)),
+                           np.float32([-1e6, 1e6, 0.0])])
+    on_device = quantize_on_device(torch.from_numpy(flow).to(device), bound).cpu().numpy()
+    np.testing.assert_array_equal(on_device, quantize_flow(flow, bound))
