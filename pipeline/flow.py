@@ -57,7 +57,7 @@ class FlowOptions:
     backend: str = "torch"  # "torch" (batched solver, CPU or CUDA) or "opencv" (OpenCV's CPU TV-L1 in workers)
     device: str = "cpu"
     batch_pixels: int = 0  # frame pixels per solver call (pairs of one shape, several videos); 0: see batch_pixels()
-    readers: int = 2  # threads reading and decoding frames ahead of the solver (benchmarks/bench_flow_reader.py)
+    readers: int = 3  # threads reading and decoding frames ahead of the solver; see READER_RULE
     compression: str = "lz4"  # one of COMPRESSIONS
 
     def store_params(self) -> dict[str, Any]:
@@ -156,9 +156,16 @@ def batch_pixels(options: FlowOptions, workers: int) -> int:
     return CPU_PAIRS_PER_WORKER * max(1, workers) * FIELD_PAIR_PIXELS
 
 
+# READER_RULE: readers = ceil(2 x pairs/s x (1 / step) / gray frames per reader-second). One reader thread turns
+# about 1,900 stored 340x256 JPEG frames per CPU-second into gray (benchmarks/bench_flow_reader.py, RESULTS.md), and
+# threads, not processes, because only ~3% of a read holds h5py's lock (JPEG decoding and the gray conversion
+# release the GIL). The GPU target of 2,000 pairs/s therefore needs 2.1 readers with the 2x headroom: 3 by default.
+
+
 def flow_limits(options: FlowOptions, workers: int) -> DriverLimits:
+    """The driver's limits: the batch in pixels, the readers, and a read-ahead of two videos beyond them."""
     return DriverLimits(batch_pixels=batch_pixels(options, workers), readers=options.readers,
-                        window=2 * options.readers + 2)
+                        window=options.readers + 2)
 
 
 def resolve_device(gpu: bool, local_rank: int | None = None) -> str:

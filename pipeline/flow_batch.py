@@ -34,8 +34,8 @@ class DriverLimits:
     """How much the driver holds: pixels per solver call, reader threads, videos read ahead, writes queued."""
 
     batch_pixels: int  # frame pixels (H x W) of all pairs of one solver call; at least one pair always
-    readers: int = 2  # reader threads (JPEG decoding releases the GIL; see benchmarks/bench_flow_reader.py)
-    window: int = 8  # videos read ahead of the solver
+    readers: int = 3  # reader threads (JPEG decoding releases the GIL; see benchmarks/bench_flow_reader.py)
+    window: int = 5  # videos read ahead of the solver
     writes: int = 4  # finished videos waiting for the writer thread
 
 
