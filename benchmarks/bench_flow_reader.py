@@ -27,11 +27,11 @@ import numpy as np
 
 from actrec.data_manifests.manifest import ManifestRow
 from actrec.pipeline.decode import ResizeSpec
-from actrec.pipeline.flow import FlowOptions, _gray_frames, _write_video, quantize_on_device
+from actrec.pipeline.flow import FlowOptions, _gray_frames, flow_part, quantize_on_device
 from actrec.pipeline.flow_opencv import opencv_tvl1_flow
 from actrec.pipeline.flowio import quantize_flow
 from actrec.pipeline.frames import ExtractOptions, FrameStore, extract_frames
-from actrec.pipeline.stage import WorkItem
+from actrec.pipeline.stage import WorkItem, write_video
 from actrec.pipeline.store import init_store
 from actrec.pipeline.tvl1 import to_gray
 
@@ -112,7 +112,7 @@ def write_steps(root: Path, video_id: str, pairs: int) -> dict[str, float]:
         "quantise on the CPU, numpy (per pair)": cpu_us(lambda: quantize_flow(flow.numpy(), 20.0), pairs),
         "quantise with torch on the solver's device, here CPU": cpu_us(lambda: quantize_on_device(flow, 20.0), pairs),
         "write_part, Blosc-LZ4 uint8 (writer thread, h5py lock)": cpu_us(
-            lambda: _write_video(layout, item, pairs + 1, codes, FlowOptions()), pairs),
+            lambda: write_video(layout, item, *flow_part(item, pairs + 1, codes, FlowOptions())), pairs),
     }
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -29,9 +30,8 @@ from actrec.pipeline.flow_opencv import opencv_tvl1_flow
 from actrec.pipeline.flowio import dequantize_flow, quantize_flow
 from actrec.pipeline.frames import FrameStore
 from actrec.pipeline.flow_batch import DriverLimits, Solver, flow_executor
-from actrec.pipeline.stage import (Outcome, StageSummary, WorkItem, io_failure, plan_shards, resolve_rank, run_stage,
-                                   shard_count)
-from actrec.pipeline.store import Dataset, ShardedReader, StoreLayout, init_store, write_part
+from actrec.pipeline.stage import StageSummary, WorkItem, plan_shards, resolve_rank, run_stage, shard_count
+from actrec.pipeline.store import Dataset, ShardedReader, init_store
 from actrec.pipeline.tvl1 import TVL1Params, to_gray, tvl1_flow
 
 KIND = "flow"
@@ -58,6 +58,7 @@ class FlowOptions:
     device: str = "cpu"
     batch_pixels: int = 0  # frame pixels per solver call (pairs of one shape, several videos); 0: see batch_pixels()
     readers: int = 3  # threads reading and decoding frames ahead of the solver; see READER_RULE
+    writers: int = 0  # 1: a writer thread; more: writer processes; 0: 3 on CUDA, else 1 (see WRITER_RULE)
     compression: str = "lz4"  # one of COMPRESSIONS
 
     def store_params(self) -> dict[str, Any]:
@@ -84,14 +85,10 @@ def flow_attrs(num_frames: int, flow: np.ndarray, options: FlowOptions, hw: tupl
             "step": options.step, "bound": options.bound, "dtype": options.dtype}
 
 
-def _write_video(layout: StoreLayout, item: WorkItem, num_frames: int, flow: np.ndarray,
-                 options: FlowOptions) -> Outcome:
-    try:
-        nbytes = write_part(layout, item.shard, item.video_id, {"flow": encode_flow(flow, options)},
-                            flow_attrs(num_frames, flow, options, flow.shape[1:3]))
-    except OSError as exc:
-        return io_failure(item, exc, f"{layout.root}: {item.video_id}")
-    return Outcome(item.video_id, item.source, "done", frames=int(flow.shape[0]), nbytes=nbytes)
+def flow_part(item: WorkItem, num_frames: int, flow: np.ndarray,
+              options: FlowOptions) -> tuple[dict[str, Dataset], dict[str, Any], int]:
+    """What ``stage.write_video`` writes for a video: its datasets, its attributes and its flow count."""
+    return {"flow": encode_flow(flow, options)}, flow_attrs(num_frames, flow, options, flow.shape[1:3]), len(flow)
 
 
 def _gray_frames(frames: FrameStore, video_id: str) -> np.ndarray:
@@ -162,10 +159,18 @@ def batch_pixels(options: FlowOptions, workers: int) -> int:
 # release the GIL). The GPU target of 2,000 pairs/s therefore needs 2.1 readers with the 2x headroom: 3 by default.
 
 
+# WRITER_RULE: writers = ceil(2 x flows/s x CPU-seconds per written flow). Quantised on the GPU, a 340x256 flow
+# still costs about 0.6 ms of CPU to compress (Blosc-LZ4) and write (bench_flow_reader.py), under h5py's lock, so
+# 2,000 flows/s need 2.4 writers with the 2x headroom: 3 processes on CUDA. On the CPU one thread keeps up.
+GPU_WRITERS = 3
+
+
 def flow_limits(options: FlowOptions, workers: int) -> DriverLimits:
-    """The driver's limits: the batch in pixels, the readers, and a read-ahead of two videos beyond them."""
+    """The driver's limits: the batch in pixels, the readers and a read-ahead of two videos beyond them, the
+    writers."""
+    writers = options.writers or (GPU_WRITERS if torch.device(options.device).type == "cuda" else 1)
     return DriverLimits(batch_pixels=batch_pixels(options, workers), readers=options.readers,
-                        window=options.readers + 2)
+                        window=options.readers + 2, writers=writers)
 
 
 def resolve_device(gpu: bool, local_rank: int | None = None) -> str:
@@ -197,8 +202,9 @@ def _check_options(options: FlowOptions) -> None:
         raise InputError(f"unknown flow dtype {options.dtype!r}; expected one of {', '.join(DTYPES)}")
     if options.compression not in COMPRESSIONS:
         raise InputError(f"unknown flow compression {options.compression!r}; expected one of {', '.join(COMPRESSIONS)}")
-    if options.step < 1 or options.bound <= 0 or options.batch_pixels < 0 or options.readers < 1:
-        raise InputError("--step and --readers must be at least 1, --bound positive and --batch-pixels not negative")
+    if options.step < 1 or options.bound <= 0 or min(options.batch_pixels, options.writers) < 0 or options.readers < 1:
+        raise InputError("--step and --readers must be at least 1, --bound positive, --batch-pixels and --writers "
+                         "not negative")
 
 
 def compute_flow(frames_root: str | Path, out: str | Path, options: FlowOptions = FlowOptions(), *,
@@ -221,7 +227,7 @@ def compute_flow(frames_root: str | Path, out: str | Path, options: FlowOptions 
     items = plan_shards([(v, v) for v in ids], layout.num_shards, rank, world_size)
     execute = flow_executor(read=lambda item: _gray_frames(frames, item.video_id),
                             solve=flow_solver(options, workers),
-                            write=lambda item, n, flow: _write_video(layout, item, n, flow, options),
+                            prepare=partial(flow_part, options=options), layout=layout,
                             dtype=np.dtype(options.dtype),
                             step=options.step, limits=flow_limits(options, workers))
     return run_stage("compute-flow", layout, items, execute, rank=rank, unit="flows", progress=progress, log=log,

@@ -7,25 +7,29 @@ written, so memory stays flat however many videos a rank owns. A batch that runs
 in halves (and later batches are kept to the size that fitted); a single pair that still does not fit fails only
 its video. A solver error stops the stage promptly: queued reads are cancelled, not run.
 
-The driver knows nothing of stores: ``read``, ``solve`` and ``write`` are given by :mod:`actrec.pipeline.flow`.
+The driver knows nothing of flow stores: ``read``, ``solve`` and ``prepare`` (what to write) are given by
+:mod:`actrec.pipeline.flow`; ``stage.write_video`` writes, in a writer thread or in writer processes.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+import multiprocessing
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterator, Union
+from typing import Any, Callable, Iterator, Union
 
 import numpy as np
 import torch
 
 from actrec.errors import StoreError
-from actrec.pipeline.stage import Outcome, Progress, WorkItem
+from actrec.pipeline.stage import Outcome, Progress, WorkItem, write_video
+from actrec.pipeline.store import Dataset, StoreLayout
 
 Reader = Callable[[WorkItem], np.ndarray]  # a video's grayscale frames, uint8 [N, H, W]
 Solver = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (img0, img1) uint8 [B, H, W] -> stored [B, H, W, 2]
-Writer = Callable[[WorkItem, int, np.ndarray], Outcome]  # (item, frames, flow [N - step, H, W, 2]) -> outcome
+# (item, frames, flow [N - step, H, W, 2]) -> what stage.write_video writes: datasets, attributes, units
+Preparer = Callable[[WorkItem, int, np.ndarray], tuple[dict[str, Dataset], dict[str, Any], int]]
 Event = Union[Outcome, Progress]
 
 
@@ -36,7 +40,7 @@ class DriverLimits:
     batch_pixels: int  # frame pixels (H x W) of all pairs of one solver call; at least one pair always
     readers: int = 3  # reader threads (JPEG decoding releases the GIL; see benchmarks/bench_flow_reader.py)
     window: int = 5  # videos read ahead of the solver
-    writes: int = 4  # finished videos waiting for the writer thread
+    writers: int = 1  # one writer thread, or that many writer processes (see _writer_pool)
 
 
 @dataclass
@@ -153,16 +157,18 @@ class PairBatcher:
         video.gray = None
 
 
-def flow_executor(read: Reader, solve: Solver, write: Writer, dtype: np.dtype, step: int,
+def flow_executor(read: Reader, solve: Solver, prepare: Preparer, layout: StoreLayout, dtype: np.dtype, step: int,
                   limits: DriverLimits) -> Callable[[list[WorkItem]], Iterator[Event]]:
-    """The stage executor: reads ahead, batches, solves in this thread, and writes in a writer thread."""
+    """The stage executor: reads ahead, batches, solves in this thread, and writes in a writer thread or
+    processes."""
 
     def execute(items: list[WorkItem]) -> Iterator[Event]:
         batcher = PairBatcher(solve, step, limits.batch_pixels)
         pending = iter(items)
         reads: deque[tuple[WorkItem, Future]] = deque()
         writes: deque[Future] = deque()
-        with ThreadPoolExecutor(limits.readers) as readers, ThreadPoolExecutor(1) as writer:
+        queued = 2 * limits.writers + 2  # finished videos waiting to be written, each holding its flow
+        with ThreadPoolExecutor(limits.readers) as readers, _writer_pool(limits.writers) as writer:
             try:
                 _refill(reads, pending, readers, read, limits.window)
                 while reads:
@@ -178,8 +184,8 @@ def flow_executor(read: Reader, solve: Solver, write: Writer, dtype: np.dtype, s
                     del gray
                     while batcher.held_pixels > _hold_pixels(batcher.batch_pixels) and len(batcher.held) > 1:
                         events += batcher.flush_oldest()
-                    yield from _dispatch(events, writes, writer, write, limits.writes)
-                yield from _dispatch(batcher.flush_all(), writes, writer, write, 0)
+                    yield from _dispatch(events, writes, writer, prepare, layout, queued)
+                yield from _dispatch(batcher.flush_all(), writes, writer, prepare, layout, 0)
             finally:
                 for _, load in reads:  # an error or Ctrl-C: drop the queued reads instead of running them
                     load.cancel()
@@ -203,12 +209,22 @@ def _refill(reads: deque, pending: Iterator[WorkItem], readers: ThreadPoolExecut
         reads.append((item, readers.submit(read, item)))
 
 
-def _dispatch(events: list, writes: deque, writer: ThreadPoolExecutor, write: Writer,
+def _writer_pool(writers: int) -> Executor:
+    """One writer thread, or ``writers`` spawned processes. All HDF5 calls of a process queue behind h5py's one
+    lock, and writing a compressed flow costs about as much CPU as reading a frame (bench_flow_reader.py: about
+    0.6 ms), so one writer tops out near 1,700 flows/s: the GPU's rate needs processes of their own."""
+    if writers == 1:
+        return ThreadPoolExecutor(1)
+    return ProcessPoolExecutor(writers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _dispatch(events: list, writes: deque, writer: Executor, prepare: Preparer, layout: StoreLayout,
               max_queued: int) -> Iterator[Event]:
     """Yield progress and failures; hand finished videos to the writer, keeping at most ``max_queued`` queued."""
     for event in events:
         if isinstance(event, _Video):
-            writes.append(writer.submit(write, event.item, event.frames, event.flow))
+            writes.append(writer.submit(write_video, layout, event.item, *prepare(event.item, event.frames,
+                                                                                  event.flow)))
         else:
             yield event
     while writes and (writes[0].done() or len(writes) > max_queued):

@@ -21,7 +21,7 @@ from joblib import Parallel, delayed
 from tqdm import tqdm
 
 from actrec.errors import InputError, StoreError
-from actrec.pipeline.store import is_disk_full
+from actrec.pipeline.store import Dataset, StoreLayout, is_disk_full, write_part
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,17 @@ def io_failure(item: WorkItem, exc: OSError, where: str) -> Outcome:
     """The outcome of an I/O error: ``disk_full`` (which stops the stage) or one failed video."""
     return Outcome(item.video_id, item.source, "disk_full" if is_disk_full(exc) else "failed",
                    message=f"{where}: {exc.strerror or exc}")
+
+
+def write_video(layout: StoreLayout, item: WorkItem, datasets: dict[str, Dataset], attrs: dict[str, Any],
+                units: int) -> Outcome:
+    """Write a finished video's part file and say how it went (an I/O error is the video's failure, or a full
+    disk). Module-level in a module that does not import torch, so that writer processes start in a second."""
+    try:
+        nbytes = write_part(layout, item.shard, item.video_id, datasets, attrs)
+    except OSError as exc:
+        return io_failure(item, exc, f"{layout.root}: {item.video_id}")
+    return Outcome(item.video_id, item.source, "done", frames=units, nbytes=nbytes)
 
 
 @dataclass

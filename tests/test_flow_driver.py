@@ -7,6 +7,7 @@ output through the same driver is checked against OpenCV in test_flow_store.py.
 
 from __future__ import annotations
 
+import errno
 import weakref
 from pathlib import Path
 
@@ -16,8 +17,8 @@ import torch
 from click.testing import CliRunner
 
 from actrec.cli import cli
-from actrec.errors import DeviceError
-from actrec.pipeline import flow as flow_mod
+from actrec.errors import DeviceError, StoreError
+from actrec.pipeline import flow as flow_mod, stage as stage_mod
 from actrec.pipeline.flow import FlowOptions, FlowStore, compute_flow, quantize_on_device, resolve_device
 from actrec.pipeline.flowio import quantize_flow, read_flo
 
@@ -90,13 +91,13 @@ def test_reads_stay_a_few_videos_ahead_and_frames_go_once_written(fakes: Reads, 
     monkeypatch.setattr(FakeFrames, "count", 200)
     monkeypatch.setattr(flow_mod, "tvl1_flow", fake_solver([]))
     alive_at_write: list[int] = []
-    write = flow_mod._write_video
+    prepare = flow_mod.flow_part
 
-    def counting_write(*args, **kwargs):
+    def counting_prepare(*args, **kwargs):
         alive_at_write.append(fakes.alive())
-        return write(*args, **kwargs)
+        return prepare(*args, **kwargs)
 
-    monkeypatch.setattr(flow_mod, "_write_video", counting_write)
+    monkeypatch.setattr(flow_mod, "flow_part", counting_prepare)
     summary = compute_flow("frames", tmp_path, FlowOptions(batch_pixels=8 * 64), progress=False)
     assert summary.done == 200 and summary.frames == 200 * (FRAMES - 1)
     # 3 readers, a window of 5 videos, at most 3 videos in a batch of 8 pairs: never the whole rank
@@ -198,3 +199,23 @@ def test_quantising_on_the_solver_device_equals_the_stored_convention(device: st
                            np.float32([-1e6, 1e6, 0.0])])
     on_device = quantize_on_device(torch.from_numpy(flow).to(device), bound).cpu().numpy()
     np.testing.assert_array_equal(on_device, quantize_flow(flow, bound))
+
+
+def test_a_full_disk_stops_the_stage_with_the_finished_videos_kept(fakes: Reads, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(FakeFrames, "count", 6)
+    monkeypatch.setattr(flow_mod, "tvl1_flow", fake_solver([]))
+    write = stage_mod.write_part
+    written: list[str] = []
+
+    def fills_up(layout, shard, video_id, *args):
+        if len(written) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(video_id)
+        return write(layout, shard, video_id, *args)
+
+    monkeypatch.setattr(stage_mod, "write_part", fills_up)
+    with pytest.raises(StoreError, match="disk full while writing v002; the store is intact"):
+        compute_flow("frames", tmp_path, FlowOptions(batch_pixels=4 * 64), progress=False)
+    assert fakes.done <= 8
+    assert sorted(part.stem for part in tmp_path.glob(".parts/*/*.h5")) == written == ["v000", "v001"]

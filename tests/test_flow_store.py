@@ -79,6 +79,13 @@ def test_torch_backend_matches_opencv_and_does_not_depend_on_batching(frames_roo
         assert np.mean(np.abs(a.astype(int) - ref.astype(int)) <= 1) > 0.95
 
 
+def test_writer_processes_store_the_same_flows(frames_root: Path, opencv_store: Path, tmp_path: Path) -> None:
+    summary = compute_flow(frames_root, tmp_path, FlowOptions(params=LIGHT, backend="opencv", writers=2),
+                           progress=False)
+    assert summary.done == 2 and summary.frames == 28
+    assert _content(tmp_path) == _content(opencv_store)
+
+
 def test_step_two_and_one_frame_video(tmp_path: Path, videos_dir: Path) -> None:
     frames = tmp_path / "frames"
     rows = [ManifestRow("ava", CLIPS["ava"], 0, "c", "train"), ManifestRow("rot", CLIPS["rot"], 0, "c", "train")]
