@@ -288,7 +288,7 @@ N frames give N-step flows; flow i maps frame i to frame i+step (0-based). Store
                    "(5570560 = 64 pairs at 340x256) [default: what fits in the GPU's free memory; on the CPU "
                    "8 such pairs per worker]. A batch that runs out of GPU memory is retried in halves.")
 @click.option("--readers", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Threads reading and decoding frames ahead of the solver (one turns about 1,900 JPEG frames "
+              help="Threads reading and decoding frames ahead of the solver (one turns 1,500-1,900 JPEG frames "
                    "per CPU-second into gray at 340x256).")
 @click.option("--writers", type=click.IntRange(min=1), default=None,
               help="Writer processes (1: a thread) [default: 3 with --gpu, to write 2,000 flows/s; else 1].")

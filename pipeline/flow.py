@@ -93,7 +93,7 @@ def flow_part(item: WorkItem, num_frames: int, flow: np.ndarray,
 
 def _gray_frames(frames: FrameStore, video_id: str) -> np.ndarray:
     """All frames of a video as OpenCV's grayscale ``uint8[N, H, W]``, read the cheap way: the video's JPEG bytes
-    in one HDF5 call (HDF5 holds the GIL; one call instead of one per frame) and each frame decoded and converted
+    in one HDF5 call (h5py serialises its calls; one instead of one per frame) and each frame decoded and converted
     BGR -> gray, identical to RGB -> gray of the RGB frame with one conversion less (bench_flow_reader.py)."""
     try:
         stored = frames.group(video_id)["frames"][()]
@@ -118,10 +118,14 @@ def quantize_on_device(flow: torch.Tensor, bound: float) -> torch.Tensor:
 
 
 def _stored(flow: torch.Tensor, options: FlowOptions) -> np.ndarray:
-    """Solver output (float32 pixels, any device) in the stored dtype, as numpy: uint8 codes or float16, converted
-    batch by batch on the solver's device, so a video waiting for its last pairs holds 2 or 4 bytes per pixel."""
-    stored = quantize_on_device(flow, options.bound) if options.dtype == "uint8" else flow.to(torch.float16)
-    return stored.cpu().numpy()
+    """Solver output (float32 pixels) in the stored dtype, as numpy: uint8 codes or float16, converted batch by
+    batch, so a video waiting for its last pairs holds 2 or 4 bytes per pixel. A GPU's flow is quantised there; a
+    CPU's by numpy, which takes a fifth of torch's CPU time for it (bench_flow_reader.py)."""
+    if options.dtype == "float16":
+        return flow.to(torch.float16).cpu().numpy()
+    if flow.device.type == "cpu":
+        return quantize_flow(flow.numpy(), options.bound)
+    return quantize_on_device(flow, options.bound).cpu().numpy()
 
 
 def flow_solver(options: FlowOptions, workers: int) -> Solver:
@@ -153,15 +157,15 @@ def batch_pixels(options: FlowOptions, workers: int) -> int:
     return CPU_PAIRS_PER_WORKER * max(1, workers) * FIELD_PAIR_PIXELS
 
 
-# READER_RULE: readers = ceil(2 x pairs/s x (1 / step) / gray frames per reader-second). One reader thread turns
-# about 1,900 stored 340x256 JPEG frames per CPU-second into gray (benchmarks/bench_flow_reader.py, RESULTS.md), and
-# threads, not processes, because only ~3% of a read holds h5py's lock (JPEG decoding and the gray conversion
-# release the GIL). The GPU target of 2,000 pairs/s therefore needs 2.1 readers with the 2x headroom: 3 by default.
+# READER_RULE: readers = ceil(2 x pairs/s / step / gray frames per reader-second). One reader thread turns 1,560 to
+# 1,920 stored 340x256 JPEG frames per CPU-second into gray (benchmarks/bench_flow_reader.py, RESULTS.md), and
+# threads, not processes, because only 2-3% of a read holds h5py's lock (JPEG decoding and the gray conversion
+# release the GIL). The GPU target of 2,000 pairs/s thus needs 2.1-2.6 readers with 2x headroom: 3 by default.
 
 
 # WRITER_RULE: writers = ceil(2 x flows/s x CPU-seconds per written flow). Quantised on the GPU, a 340x256 flow
-# still costs about 0.6 ms of CPU to compress (Blosc-LZ4) and write (bench_flow_reader.py), under h5py's lock, so
-# 2,000 flows/s need 2.4 writers with the 2x headroom: 3 processes on CUDA. On the CPU one thread keeps up.
+# still costs 0.6-0.7 ms of CPU to compress (Blosc-LZ4) and write (bench_flow_reader.py), under h5py's lock, so
+# 2,000 flows/s need 2.4-2.8 writers with 2x headroom: 3 processes on CUDA. On the CPU one thread keeps up.
 GPU_WRITERS = 3
 
 

@@ -211,8 +211,8 @@ def _refill(reads: deque, pending: Iterator[WorkItem], readers: ThreadPoolExecut
 
 def _writer_pool(writers: int) -> Executor:
     """One writer thread, or ``writers`` spawned processes. All HDF5 calls of a process queue behind h5py's one
-    lock, and writing a compressed flow costs about as much CPU as reading a frame (bench_flow_reader.py: about
-    0.6 ms), so one writer tops out near 1,700 flows/s: the GPU's rate needs processes of their own."""
+    lock, and writing a compressed flow costs about as much CPU as reading a frame (bench_flow_reader.py: 0.6-0.7
+    ms), so one writer tops out near 1,500 flows/s: the GPU's rate needs processes of their own."""
     if writers == 1:
         return ThreadPoolExecutor(1)
     return ProcessPoolExecutor(writers, mp_context=multiprocessing.get_context("spawn"))
