@@ -23,7 +23,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 from actrec.data_manifests.manifest import ManifestRow
 from actrec.pipeline.decode import ResizeSpec
@@ -118,7 +117,8 @@ def write_steps(root: Path, video_id: str, pairs: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--videos", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "videos")
+    parser.add_argument("--videos", type=Path,
+                        default=Path(__file__).resolve().parents[2] / "shared" / "data" / "videos")
     parser.add_argument("--repeat", type=int, default=3, help="Passes over the videos per measurement.")
     parser.add_argument("--target", type=float, default=2000.0, help="Pairs/s the readers must feed.")
     parser.add_argument("--pairs", type=int, default=12, help="Real TV-L1 flows for the writing side's timing.")
