@@ -62,7 +62,7 @@ def io_failure(item: WorkItem, exc: OSError, where: str) -> Outcome:
 def write_video(layout: StoreLayout, item: WorkItem, datasets: dict[str, Dataset], attrs: dict[str, Any],
                 units: int) -> Outcome:
     """Write a finished video's part file and say how it went (an I/O error is the video's failure, or a full
-    disk). Module-level in a module that does not import torch, so that writer processes start in a second."""
+    disk). Module-level, so that writer processes can run it."""
     try:
         nbytes = write_part(layout, item.shard, item.video_id, datasets, attrs)
     except OSError as exc:
