@@ -15,11 +15,10 @@ they are pixels.
 from __future__ import annotations
 
 import os
-from collections import defaultdict
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import cv2
 import hdf5plugin
@@ -30,9 +29,9 @@ from actrec.errors import DeviceError, InputError, StoreError
 from actrec.pipeline.flow_opencv import opencv_tvl1_flow
 from actrec.pipeline.flowio import dequantize_flow, quantize_flow
 from actrec.pipeline.frames import FrameStore
-from actrec.pipeline.stage import (Outcome, StageSummary, WorkItem, io_failure, plan_shards, pool_executor,
-                                   resolve_rank, run_stage, shard_count)
-from actrec.pipeline.store import Dataset, ShardedReader, StoreLayout, init_store, write_part
+from actrec.pipeline.flow_batch import DriverLimits, Solver, flow_executor
+from actrec.pipeline.stage import StageSummary, WorkItem, plan_shards, resolve_rank, run_stage, shard_count
+from actrec.pipeline.store import Dataset, ShardedReader, init_store
 from actrec.pipeline.tvl1 import TVL1Params, to_gray, tvl1_flow
 
 KIND = "flow"
@@ -57,7 +56,9 @@ class FlowOptions:
     dtype: str = "uint8"  # "uint8" (quantised, the field's convention) or "float16" (pixels, unquantised)
     backend: str = "torch"  # "torch" (batched solver, CPU or CUDA) or "opencv" (OpenCV's CPU TV-L1 in workers)
     device: str = "cpu"
-    batch_size: int = 64  # frame pairs per solver call (torch backend); pairs of several videos share a batch
+    batch_pixels: int = 0  # frame pixels per solver call (pairs of one shape, several videos); 0: see batch_pixels()
+    readers: int = 3  # threads reading and decoding frames ahead of the solver; see READER_RULE
+    writers: int = 0  # 1: a writer thread; more: writer processes; 0: 3 on CUDA, else 1 (see WRITER_RULE)
     compression: str = "lz4"  # one of COMPRESSIONS
 
     def store_params(self) -> dict[str, Any]:
@@ -84,129 +85,142 @@ def flow_attrs(num_frames: int, flow: np.ndarray, options: FlowOptions, hw: tupl
             "step": options.step, "bound": options.bound, "dtype": options.dtype}
 
 
-def _write_video(layout: StoreLayout, item: WorkItem, num_frames: int, flow: np.ndarray, options: FlowOptions,
-                 hw: tuple[int, int]) -> Outcome:
-    try:
-        nbytes = write_part(layout, item.shard, item.video_id, {"flow": encode_flow(flow, options)},
-                            flow_attrs(num_frames, flow, options, hw))
-    except OSError as exc:
-        return io_failure(item, exc, f"{layout.root}: {item.video_id}")
-    return Outcome(item.video_id, item.source, "done", frames=int(flow.shape[0]), nbytes=nbytes)
+def flow_part(item: WorkItem, num_frames: int, flow: np.ndarray,
+              options: FlowOptions) -> tuple[dict[str, Dataset], dict[str, Any], int]:
+    """What ``stage.write_video`` writes for a video: its datasets, its attributes and its flow count."""
+    return {"flow": encode_flow(flow, options)}, flow_attrs(num_frames, flow, options, flow.shape[1:3]), len(flow)
 
 
 def _gray_frames(frames: FrameStore, video_id: str) -> np.ndarray:
-    """All frames of a video as OpenCV's grayscale ``uint8[N, H, W]``."""
-    return np.stack([to_gray(rgb) for rgb in frames.read(video_id)])
-
-
-def opencv_video(item: WorkItem, layout: StoreLayout, frames: FrameStore, options: FlowOptions,
-                 cv_threads: int) -> Outcome:
-    """One video with OpenCV's TV-L1 (the ``opencv`` backend), run inside a worker process with ``cv_threads``
-    OpenCV threads (1 when several workers share the cores, -1 for OpenCV's default)."""
-    cv2.setNumThreads(cv_threads)
+    """All frames of a video as OpenCV's grayscale ``uint8[N, H, W]``, read the cheap way: the video's JPEG bytes
+    in one HDF5 call (h5py serialises its calls; one instead of one per frame) and each frame decoded and converted
+    BGR -> gray, identical to RGB -> gray of the RGB frame with one conversion less (bench_flow_reader.py)."""
     try:
-        gray = _gray_frames(frames, item.video_id)
-    except StoreError as exc:
-        return Outcome(item.video_id, item.source, "failed", message=str(exc))
-    pairs = len(gray) - options.step
-    flow = (opencv_tvl1_flow(gray[:pairs], gray[options.step:], options.params).numpy() if pairs > 0
-            else np.zeros((0, *gray.shape[1:], 2), np.float32))
-    return _write_video(layout, item, len(gray), flow, options, gray.shape[1:])
+        stored = frames.group(video_id)["frames"][()]
+    except OSError as exc:
+        raise StoreError(f"{frames.root}: frames of {video_id!r} cannot be read ({exc})") from None
+    if stored.dtype == np.uint8:  # raw RGB frames
+        return to_gray(stored)
+    gray = []
+    for i, buf in enumerate(stored):
+        bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise StoreError(f"{frames.root}: stored JPEG frame {i} of {video_id!r} cannot be decoded")
+        gray.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
+    return np.stack(gray)
 
 
-@dataclass
-class _Job:
-    """A video whose pairs are being solved: its frames and the flows filled in so far."""
-
-    item: WorkItem
-    gray: np.ndarray
-    flow: np.ndarray
-    missing: int
+def quantize_on_device(flow: torch.Tensor, bound: float) -> torch.Tensor:
+    """``flowio.quantize_flow`` on the flow's own device, bit for bit (the same float32 operations, rounding half
+    to even): the GPU sends 2 bytes per flow pixel instead of 8, and the CPU is spared the conversion."""
+    scaled = (flow.clamp(-bound, bound) + bound) * (255.0 / (2.0 * bound))
+    return torch.round(scaled).to(torch.uint8)
 
 
-def batched_executor(layout: StoreLayout, frames: FrameStore, options: FlowOptions,
-                     prefetch: int = 4) -> Callable[[list[WorkItem]], Iterator[Outcome]]:
-    """Executor for the torch backend: pairs of several videos fill each batch; reading and writing overlap compute.
+def _stored(flow: torch.Tensor, options: FlowOptions) -> np.ndarray:
+    """Solver output (float32 pixels) in the stored dtype, as numpy: uint8 codes or float16, converted batch by
+    batch, so a video waiting for its last pairs holds 2 or 4 bytes per pixel. A GPU's flow is quantised there; a
+    CPU's by numpy, which takes a fifth of torch's CPU time for it (bench_flow_reader.py)."""
+    if options.dtype == "float16":
+        return flow.to(torch.float16).cpu().numpy()
+    if flow.device.type == "cpu":
+        return quantize_flow(flow.numpy(), options.bound)
+    return quantize_on_device(flow, options.bound).cpu().numpy()
 
-    Videos are read by a thread pool ahead of the solver; finished videos are written by another thread.
-    """
+
+def flow_solver(options: FlowOptions, workers: int) -> Solver:
+    """The batch solver of a backend, returning the stored dtype: our TV-L1 on ``options.device``, or OpenCV's in
+    ``workers`` processes."""
+    if options.backend == "opencv":
+        return lambda img0, img1: _stored(opencv_tvl1_flow(img0, img1, options.params, workers=workers), options)
     device = torch.device(options.device)
-
-    def execute(items: list[WorkItem]) -> Iterator[Outcome]:
-        with ThreadPoolExecutor(prefetch) as readers, ThreadPoolExecutor(1) as writer:
-            loads = [readers.submit(_gray_frames, frames, it.video_id) for it in items]
-            queues: dict[tuple[int, int], list[tuple[_Job, int]]] = defaultdict(list)
-            writes: list[Future] = []
-            for item, load in zip(items, loads):
-                try:
-                    gray = load.result()
-                except StoreError as exc:
-                    yield Outcome(item.video_id, item.source, "failed", message=str(exc))
-                    continue
-                pairs = max(0, len(gray) - options.step)
-                job = _Job(item, gray, np.zeros((pairs, *gray.shape[1:], 2), np.float32), pairs)
-                if pairs == 0:
-                    writes.append(writer.submit(_write_video, layout, item, len(gray), job.flow, options,
-                                                gray.shape[1:]))
-                queue = queues[gray.shape[1:]]
-                queue.extend((job, i) for i in range(pairs))
-                while len(queue) >= options.batch_size:
-                    writes += _solve(queue[:options.batch_size], options, device, layout, writer)
-                    del queue[:options.batch_size]
-                yield from _drain(writes, block=False)
-            for queue in queues.values():
-                if queue:
-                    writes += _solve(queue, options, device, layout, writer)
-            yield from _drain(writes, block=True)
-
-    return execute
+    return lambda img0, img1: _stored(tvl1_flow(img0, img1, options.params, device=device), options)
 
 
-def _solve(batch: list[tuple[_Job, int]], options: FlowOptions, device: torch.device, layout: StoreLayout,
-           writer: ThreadPoolExecutor) -> list[Future]:
-    """Solve one batch of pairs; submit the writes of the videos it completes."""
-    img0 = np.stack([job.gray[i] for job, i in batch])
-    img1 = np.stack([job.gray[i + options.step] for job, i in batch])
-    flow = tvl1_flow(img0, img1, options.params, device=device).cpu().numpy()
-    done = []
-    for (job, i), f in zip(batch, flow):
-        job.flow[i] = f
-        job.missing -= 1
-        if job.missing == 0:
-            done.append(writer.submit(_write_video, layout, job.item, len(job.gray), job.flow, options,
-                                      job.gray.shape[1:]))
-    return done
+# Peak bytes per pixel per pair of the CUDA TV-L1, as measured in the GPU issue (#15 item 11). A stand-in until
+# actrec.pipeline.tvl1 gives the solver's own figure; the batch sizing below reads it from here only.
+BYTES_PER_PIXEL_PAIR = 304
+GPU_MEMORY_SHARE = 0.8  # of the free device memory at start given to one batch (the rest: allocator slack)
+CPU_PAIRS_PER_WORKER = 8  # 340x256 pairs per batch and worker on CPU: a batch every few seconds moves the bar
+FIELD_PAIR_PIXELS = 340 * 256
 
 
-def _drain(writes: list[Future], block: bool) -> Iterator[Outcome]:
-    while writes and (block or writes[0].done()):
-        yield writes.pop(0).result()
+def batch_pixels(options: FlowOptions, workers: int) -> int:
+    """Frame pixels per solver call: ``options.batch_pixels``, else what fits in the GPU's free memory, else (CPU)
+    ``CPU_PAIRS_PER_WORKER`` field-size pairs per worker (the CPU solvers gain nothing from larger batches)."""
+    if options.batch_pixels:
+        return options.batch_pixels
+    device = torch.device(options.device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * GPU_MEMORY_SHARE) // BYTES_PER_PIXEL_PAIR
+    return CPU_PAIRS_PER_WORKER * max(1, workers) * FIELD_PAIR_PIXELS
+
+
+# READER_RULE: readers = ceil(2 x pairs/s / step / gray frames per reader-second). One reader thread turns 1,560 to
+# 1,920 stored 340x256 JPEG frames per CPU-second into gray (benchmarks/bench_flow_reader.py, RESULTS.md), and
+# threads, not processes, because only 2-3% of a read holds h5py's lock (JPEG decoding and the gray conversion
+# release the GIL). The GPU target of 2,000 pairs/s thus needs 2.1-2.6 readers with 2x headroom: 3 by default.
+
+
+# WRITER_RULE: writers = ceil(2 x flows/s x CPU-seconds per written flow). Quantised on the GPU, a 340x256 flow
+# still costs 0.6-0.7 ms of CPU to compress (Blosc-LZ4) and write (bench_flow_reader.py), under h5py's lock, so
+# 2,000 flows/s need 2.4-2.8 writers with 2x headroom: 3 processes on CUDA. On the CPU one thread keeps up.
+GPU_WRITERS = 3
+
+
+def flow_limits(options: FlowOptions, workers: int) -> DriverLimits:
+    """The driver's limits: the batch in pixels, the readers and a read-ahead of two videos beyond them, the
+    writers."""
+    writers = options.writers or (GPU_WRITERS if torch.device(options.device).type == "cuda" else 1)
+    return DriverLimits(batch_pixels=batch_pixels(options, workers), readers=options.readers,
+                        window=options.readers + 2, writers=writers)
 
 
 def resolve_device(gpu: bool, local_rank: int | None = None) -> str:
-    """The device of this process: ``cuda:LOCAL_RANK`` with --gpu (torchrun's one GPU per process), else CPU."""
+    """The device of this process: ``cuda:LOCAL_RANK`` with --gpu (torchrun's one GPU per process), else CPU.
+
+    More local processes than visible GPUs is an error: two processes sharing one GPU would halve each one's
+    memory and speed without a word."""
     if not gpu:
         return "cpu"
     if not torch.cuda.is_available():
         raise DeviceError("--gpu was given but CUDA is not available "
                           f"(torch {torch.__version__} sees no GPU); drop --gpu to compute on the CPU")
     local = int(os.environ.get("LOCAL_RANK", 0)) if local_rank is None else local_rank
-    return f"cuda:{local % torch.cuda.device_count()}"
+    count = torch.cuda.device_count()
+    if not 0 <= local < count:
+        raise DeviceError(f"local rank {local} has no GPU of its own: {count} CUDA device(s) visible; start at most "
+                          f"{count} processes per machine (torchrun --nproc-per-node {count}) or make more GPUs "
+                          "visible (CUDA_VISIBLE_DEVICES)")
+    return f"cuda:{local}"
+
+
+def _check_options(options: FlowOptions) -> None:
+    if options.backend not in BACKENDS:
+        raise InputError(f"unknown flow backend {options.backend!r}; expected one of {', '.join(BACKENDS)}")
+    if options.backend == "opencv" and torch.device(options.device).type != "cpu":
+        raise InputError(f"the opencv backend computes on the CPU only, not on {options.device}: "
+                         "use --backend torch with --gpu, or drop --gpu")
+    if options.dtype not in DTYPES:
+        raise InputError(f"unknown flow dtype {options.dtype!r}; expected one of {', '.join(DTYPES)}")
+    if options.compression not in COMPRESSIONS:
+        raise InputError(f"unknown flow compression {options.compression!r}; expected one of {', '.join(COMPRESSIONS)}")
+    if options.step < 1 or options.bound <= 0 or min(options.batch_pixels, options.writers) < 0 or options.readers < 1:
+        raise InputError("--step and --readers must be at least 1, --bound positive, --batch-pixels and --writers "
+                         "not negative")
 
 
 def compute_flow(frames_root: str | Path, out: str | Path, options: FlowOptions = FlowOptions(), *,
                  video_ids: Sequence[str] | None = None, workers: int = 1, videos_per_shard: int = 128,
                  rank: int | None = None, world_size: int | None = None, progress: bool = True,
                  log: Callable[[str], None] = print) -> StageSummary:
-    """Compute the flow of every video of a frame store (or of ``video_ids``) into the flow store at ``out``."""
-    if options.backend not in BACKENDS:
-        raise InputError(f"unknown flow backend {options.backend!r}; expected one of {', '.join(BACKENDS)}")
-    if options.dtype not in DTYPES:
-        raise InputError(f"unknown flow dtype {options.dtype!r}; expected one of {', '.join(DTYPES)}")
-    if options.compression not in COMPRESSIONS:
-        raise InputError(f"unknown flow compression {options.compression!r}; expected one of {', '.join(COMPRESSIONS)}")
-    if options.step < 1 or options.bound <= 0 or options.batch_size < 1:
-        raise InputError("--step and --batch-size must be at least 1 and --bound positive")
+    """Compute the flow of every video of a frame store (or of ``video_ids``) into the flow store at ``out``.
+
+    ``workers``: OpenCV processes of the opencv backend (the torch backend solves in this process)."""
+    _check_options(options)
+    if workers < 1:
+        raise InputError(f"--workers must be at least 1, got {workers}")
     frames = FrameStore(frames_root)
     ids = list(video_ids) if video_ids is not None else sorted(frames.video_ids)
     missing = [v for v in ids if v not in frames]
@@ -215,10 +229,13 @@ def compute_flow(frames_root: str | Path, out: str | Path, options: FlowOptions 
     rank, world_size = resolve_rank(rank, world_size)
     layout = init_store(out, KIND, options.store_params(), shard_count(len(ids), videos_per_shard))
     items = plan_shards([(v, v) for v in ids], layout.num_shards, rank, world_size)
-    cv_threads = 1 if workers > 1 else -1
-    execute = (pool_executor(opencv_video, workers, layout, frames, options, cv_threads)
-               if options.backend == "opencv" else batched_executor(layout, frames, options))
-    return run_stage("compute-flow", layout, items, execute, rank=rank, unit="flows", progress=progress, log=log)
+    execute = flow_executor(read=lambda item: _gray_frames(frames, item.video_id),
+                            solve=flow_solver(options, workers),
+                            prepare=partial(flow_part, options=options), layout=layout,
+                            dtype=np.dtype(options.dtype),
+                            step=options.step, limits=flow_limits(options, workers))
+    return run_stage("compute-flow", layout, items, execute, rank=rank, unit="flows", progress=progress, log=log,
+                     work=lambda item: max(0, frames.num_frames(item.video_id) - options.step))
 
 
 class FlowStore(ShardedReader):

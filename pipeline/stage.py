@@ -9,17 +9,19 @@ all its videos were attempted. One video's failure is recorded and never stops t
 from __future__ import annotations
 
 import os
+import sys
 import time
 import zlib
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence, Union
 
 from joblib import Parallel, delayed
 from tqdm import tqdm
 
 from actrec.errors import InputError, StoreError
-from actrec.pipeline.store import is_disk_full
+from actrec.pipeline.store import Dataset, StoreLayout, is_disk_full, write_part
 
 
 @dataclass(frozen=True)
@@ -43,10 +45,29 @@ class Outcome:
     message: str = ""  # the failure reason, or a warning for a video kept despite a problem (e.g. partial decode)
 
 
+@dataclass(frozen=True)
+class Progress:
+    """Work done on a video that has not finished yet (e.g. the flows of one solved batch): moves the bar."""
+
+    video_id: str
+    units: int
+
+
 def io_failure(item: WorkItem, exc: OSError, where: str) -> Outcome:
     """The outcome of an I/O error: ``disk_full`` (which stops the stage) or one failed video."""
     return Outcome(item.video_id, item.source, "disk_full" if is_disk_full(exc) else "failed",
                    message=f"{where}: {exc.strerror or exc}")
+
+
+def write_video(layout: StoreLayout, item: WorkItem, datasets: dict[str, Dataset], attrs: dict[str, Any],
+                units: int) -> Outcome:
+    """Write a finished video's part file and say how it went (an I/O error is the video's failure, or a full
+    disk). Module-level, so that writer processes can run it."""
+    try:
+        nbytes = write_part(layout, item.shard, item.video_id, datasets, attrs)
+    except OSError as exc:
+        return io_failure(item, exc, f"{layout.root}: {item.video_id}")
+    return Outcome(item.video_id, item.source, "done", frames=units, nbytes=nbytes)
 
 
 @dataclass
@@ -60,7 +81,8 @@ class StageSummary:
     skipped: int = 0
     failed: int = 0
     warned: int = 0
-    frames: int = 0
+    frames: int = 0  # units written: those of finished videos
+    processed: int = 0  # units computed, including those of videos an interruption left unfinished
     nbytes: int = 0
     elapsed: float = 0.0
     interrupted: bool = False
@@ -68,15 +90,20 @@ class StageSummary:
     report: Path | None = None
 
     def line(self) -> str:
-        rate = self.frames / self.elapsed if self.elapsed > 0 else 0.0
+        rate = self.processed / self.elapsed if self.elapsed > 0 else 0.0
         text = (f"{self.name}: {self.done} done, {self.skipped} skipped (already finished), {self.failed} failed, "
-                f"{self.warned} with warnings; {self.frames} {self.unit} ({rate:.0f}/s), "
+                f"{self.warned} with warnings; {self.frames} {self.unit} ({format_rate(rate)} {self.unit}/s), "
                 f"{self.nbytes / 1e6:.1f} MB written, {self.elapsed:.1f} s")
         if self.interrupted:
             text += "; interrupted: rerun the same command to resume"
         if self.report is not None and (self.failed or self.warned):
             text += f"; report: {self.report}"
         return text
+
+
+def format_rate(rate: float) -> str:
+    """A rate with three significant digits below 100 (0.0421, 3.75, 42.1) and none above (1234)."""
+    return f"{rate:.0f}" if rate >= 100 else f"{rate:.3g}"
 
 
 def resolve_rank(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
@@ -101,7 +128,7 @@ def plan_shards(entries: Sequence[tuple[str, str]], num_shards: int, rank: int, 
     return [it for it in items if it.shard % world_size == rank]
 
 
-Executor = Callable[[list[WorkItem]], Iterator[Outcome]]
+Executor = Callable[[list[WorkItem]], Iterator[Union[Outcome, Progress]]]
 
 
 def pool_executor(work: Callable[..., Outcome], workers: int, *args: Any) -> Executor:
@@ -130,11 +157,15 @@ class Sink(Protocol):
 
 
 def run_stage(name: str, sink: Sink, items: list[WorkItem], execute: Executor, *, rank: int = 0,
-              unit: str = "frames", progress: bool = True, log: Callable[[str], None] = print) -> StageSummary:
+              unit: str = "frames", work: Callable[[WorkItem], int] | None = None, progress: bool = True,
+              log: Callable[[str], None] = print) -> StageSummary:
     """Run ``execute`` on the unfinished items, sealing shards as they complete; return the summary.
 
-    ``log`` receives one line per failed or warned video as it happens. Ctrl-C stops cleanly: finished videos
-    stay finished and the rerun resumes. A full disk stops the stage with a StoreError, the store intact.
+    The bar counts videos, or, with ``work`` (the units a video will produce, e.g. its flows), those units: its
+    rate and ETA are then in ``unit`` and it moves with every ``Progress`` the executor yields, not only when a
+    video ends. ``log`` receives one line per failed or warned video as it happens, written through the bar so
+    that it never lands on the bar's line. Ctrl-C stops cleanly: finished videos stay finished and the rerun
+    resumes. A full disk stops the stage with a StoreError, the store intact.
     """
     start = time.perf_counter()
     summary = StageSummary(name=name, unit=unit, planned=len(items))
@@ -147,22 +178,25 @@ def run_stage(name: str, sink: Sink, items: list[WorkItem], execute: Executor, *
     for shard in shards:  # shards finished by a killed run but not sealed yet
         if remaining[shard] == 0:
             sink.seal(shard)
+    cost = {it.video_id: work(it) for it in sorted(todo, key=lambda it: it.shard)} if work else {}
     report = _FailureReport(sink.root / f"failures.rank{rank}.tsv")
     summary.report = report.path
-    bar = tqdm(total=len(todo), desc=name, unit="video", disable=not progress, dynamic_ncols=True, smoothing=0.05)
+    bar = _StageBar(name, len(todo), cost, unit, progress)
     try:
-        for outcome in execute(todo):
-            if outcome.status == "disk_full":
-                raise StoreError(f"{sink.root}: disk full while writing {outcome.video_id}; the store is intact "
+        for event in execute(todo):
+            if isinstance(event, Progress):
+                summary.processed += event.units
+                bar.advance(event.video_id, event.units)
+                continue
+            if event.status == "disk_full":
+                raise StoreError(f"{sink.root}: disk full while writing {event.video_id}; the store is intact "
                                  "(finished videos are kept): free some space and rerun the same command")
-            _account(summary, outcome, report, log)
-            shard = shard_of[outcome.video_id]
+            _account(summary, event, report, bar.write(log))
+            summary.processed += bar.finish(event)
+            shard = shard_of[event.video_id]
             remaining[shard] -= 1
             if remaining[shard] == 0:
                 sink.seal(shard)
-            bar.update(1)
-            rate = summary.frames / max(bar.format_dict["elapsed"], 1e-9)
-            bar.set_postfix({f"{unit}/s": f"{rate:.0f}", "failed": summary.failed}, refresh=False)
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
@@ -170,6 +204,62 @@ def run_stage(name: str, sink: Sink, items: list[WorkItem], execute: Executor, *
         report.close()
         summary.elapsed = time.perf_counter() - start
     return summary
+
+
+class _StageBar:
+    """The stage's progress bar over videos, or over work units when each video's ``cost`` is known."""
+
+    def __init__(self, name: str, videos: int, cost: dict[str, int], unit: str, enabled: bool) -> None:
+        self.cost = cost
+        self.reported: dict[str, int] = {}
+        self.videos, self.done, self.failed = videos, 0, 0
+        self.unit = unit
+        total = sum(cost.values()) if cost else videos
+        self.bar = tqdm(total=total, desc=name, unit=unit.rstrip("s") if cost else "video", disable=not enabled,
+                        dynamic_ncols=True, smoothing=0.05, file=sys.stderr)
+        self.units = 0  # units of finished videos, for the video-counting bar's rate
+
+    def advance(self, video_id: str, units: int) -> None:
+        """``units`` more of ``video_id`` are done."""
+        self.reported[video_id] = self.reported.get(video_id, 0) + units
+        self._update(units)
+
+    def finish(self, outcome: Outcome) -> int:
+        """A video ended: move the bar by what it had not reported yet; return the units it computed unreported."""
+        self.done += outcome.status == "done"
+        self.failed += outcome.status != "done"
+        reported = self.reported.pop(outcome.video_id, 0)
+        if not self.cost:
+            self.units += outcome.frames
+            self._update(1)
+            return outcome.frames
+        self._update(max(0, self.cost.get(outcome.video_id, 0) - reported))
+        return max(0, outcome.frames - reported)
+
+    def _update(self, n: int) -> None:
+        if self.cost:
+            postfix = {"videos": f"{self.done + self.failed}/{self.videos}", "failed": self.failed}
+        else:
+            rate = self.units / max(self.bar.format_dict["elapsed"], 1e-9)
+            postfix = {f"{self.unit}/s": format_rate(rate), "failed": self.failed}
+        self.bar.set_postfix(postfix, refresh=False)
+        if self.bar.n + n >= self.bar.total:  # the last step is drawn once, by close()
+            self.bar.n += n
+        else:
+            self.bar.update(n)
+
+    def write(self, log: Callable[[str], None]) -> Callable[[str], None]:
+        """``log`` writing through the bar: the bar is cleared, the line printed, and the bar drawn again."""
+        if self.bar.disable:
+            return log
+
+        def through_bar(line: str) -> None:
+            with tqdm.external_write_mode(file=self.bar.fp):
+                log(line)
+        return through_bar
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _account(summary: StageSummary, outcome: Outcome, report: "_FailureReport", log: Callable[[str], None]) -> None:
@@ -188,22 +278,37 @@ def _account(summary: StageSummary, outcome: Outcome, report: "_FailureReport", 
         log(f"failed: {outcome.message}")
 
 
+REPORT_HEADER = "run\tstatus\tvideo_id\tsource\treason\n"
+
+
 class _FailureReport:
-    """The failures/warnings file of this run, one TSV line per video, written as they happen."""
+    """The failures/warnings file of a rank: one TSV line per video, appended as they happen, every run's lines
+    kept and stamped with the run's start time (UTC), so that a rerun never loses an earlier run's warnings."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.run = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         self._file: Any = None
-        path.unlink(missing_ok=True)  # the report describes the last run only
 
     def add(self, kind: str, outcome: Outcome) -> None:
         if self._file is None:
-            self._file = self.path.open("w", encoding="utf-8")
-            self._file.write("status\tvideo_id\tsource\treason\n")
+            self._file = _open_report(self.path)
         reason = outcome.message.replace("\t", " ").replace("\n", " ")
-        self._file.write(f"{kind}\t{outcome.video_id}\t{outcome.source}\t{reason}\n")
+        self._file.write(f"{self.run}\t{kind}\t{outcome.video_id}\t{outcome.source}\t{reason}\n")
         self._file.flush()
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
+
+
+def _open_report(path: Path) -> Any:
+    """The report opened for appending, with the header written first in a new file; a report of the earlier
+    four-column layout (no run column) gets ``-`` as its lines' run."""
+    old = path.read_text(encoding="utf-8").splitlines(keepends=True) if path.exists() else []
+    if old and old[0] != REPORT_HEADER:
+        path.write_text(REPORT_HEADER + "".join(f"-\t{line}" for line in old[1:]), encoding="utf-8")
+    file = path.open("a", encoding="utf-8")
+    if not old:
+        file.write(REPORT_HEADER)
+    return file

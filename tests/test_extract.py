@@ -90,7 +90,7 @@ def test_partial_videos_are_kept_with_a_warning(store) -> None:
     assert any("decord_corrupted.mp4: partial video, decoding stopped after 28 frames" in line for line in logs)
     assert any("decoded 77 of the 164 frames" in line for line in logs)
     report = (out / "failures.rank0.tsv").read_text().splitlines()
-    assert report[0].split("\t") == ["status", "video_id", "source", "reason"] and len(report) == 3
+    assert report[0].split("\t") == ["run", "status", "video_id", "source", "reason"] and len(report) == 3
 
 
 def test_frames_match_a_direct_decode(store, videos_dir: Path) -> None:
@@ -207,7 +207,7 @@ def test_bad_inputs_fail_one_line_each_while_good_videos_complete(tmp_path: Path
     assert "1 done, 0 skipped (already finished), 6 failed" in result.output
     assert FrameStore(tmp_path / "store").video_ids == ["good"]
     report = (tmp_path / "store" / "failures.rank0.tsv").read_text().splitlines()
-    assert len(report) == 7 and all(line.startswith("failed\t") for line in report[1:])
+    assert len(report) == 7 and all(line.split("\t")[1] == "failed" for line in report[1:])
 
 
 def test_partial_fail_policy(tmp_path: Path, videos_dir: Path) -> None:

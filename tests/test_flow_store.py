@@ -66,8 +66,9 @@ def test_torch_backend_matches_opencv_and_does_not_depend_on_batching(frames_roo
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ACTREC_TVL1_COMPILE", "0")  # compiled = eager bit for bit (test_tvl1.py); skip the warm-up
     small, large = tmp_path / "b3", tmp_path / "b64"
-    compute_flow(frames_root, small, FlowOptions(params=LIGHT, batch_size=3), progress=False)
-    compute_flow(frames_root, large, FlowOptions(params=LIGHT, batch_size=64), progress=False)
+    pair = SIZE[0] * SIZE[1]
+    compute_flow(frames_root, small, FlowOptions(params=LIGHT, batch_pixels=3 * pair), progress=False)
+    compute_flow(frames_root, large, FlowOptions(params=LIGHT, batch_pixels=64 * pair), progress=False)
     reference = FlowStore(opencv_store)
     assert FlowStore(small).num_flows("rot") == 0  # 0.1 s of video at 3 fps: one frame
     for vid in ["ava"]:
@@ -76,6 +77,13 @@ def test_torch_backend_matches_opencv_and_does_not_depend_on_batching(frames_roo
         np.testing.assert_array_equal(a, b)  # per-pair stopping: a pair's flow ignores its batch mates
         ref = reference.read_stack(vid, 0, reference.num_flows(vid))
         assert np.mean(np.abs(a.astype(int) - ref.astype(int)) <= 1) > 0.95
+
+
+def test_writer_processes_store_the_same_flows(frames_root: Path, opencv_store: Path, tmp_path: Path) -> None:
+    summary = compute_flow(frames_root, tmp_path, FlowOptions(params=LIGHT, backend="opencv", writers=2),
+                           progress=False)
+    assert summary.done == 2 and summary.frames == 28
+    assert _content(tmp_path) == _content(opencv_store)
 
 
 def test_step_two_and_one_frame_video(tmp_path: Path, videos_dir: Path) -> None:
