@@ -42,8 +42,9 @@ from actrec.training.augment import AugmentParams, Box, eval_frames, eval_view, 
 from actrec.training.checkpoint import load_checkpoint
 from actrec.training.config import TrainConfig, apply_overrides
 from actrec.training.datasets import ClipSource, EvalVideos
-from actrec.training.models import MODEL_SPECS, STREAMS, ModelSpec, build_model, stream_logits
-from actrec.training.trainer import amp_dtype, autocast
+from actrec.training.models import MODEL_SPECS, STREAMS, ModelSpec, build_model, stream_logits, to_channels_last
+from actrec.training.monitor import TENSORBOARD, log_evaluation
+from actrec.training.trainer import autocast, inference_dtype
 
 
 @dataclass(frozen=True)
@@ -101,16 +102,20 @@ def evaluate(checkpoint: str | Path, output: str | Path, options: EvalOptions = 
     save_scores(output, scores)
     result = _report(scores, options, output)
     result.files.insert(0, output)
+    run_dir = Path(checkpoint).parent
+    if log_evaluation(run_dir, int(saved["iteration"]), options.split, result.rows):
+        log(f"evaluate: accuracies added to {run_dir / TENSORBOARD} at iteration {saved['iteration']}")
     return result
 
 
 def _load_model(config: TrainConfig, saved: dict, num_classes: int, device: torch.device, source: str) -> nn.Module:
+    """The checkpoint's model on ``device`` in eval mode, in the memory format training used there."""
     model = build_model(config, num_classes)
     try:
         model.load_state_dict(saved["model"])
     except RuntimeError as exc:
         raise InputError(f"{source}: weights do not fit the model its config describes ({exc})") from None
-    return model.to(device).eval()
+    return to_channels_last(model.to(device), device).eval()
 
 
 class _Scorer:
@@ -120,7 +125,7 @@ class _Scorer:
                  device: torch.device) -> None:
         self.model, self.spec, self.options, self.device = model, spec, options, device
         self.params = AugmentParams(crop=config.crop, resize=config.resize)
-        self.amp = amp_dtype(config.amp, device)
+        self.amp = inference_dtype(config.amp, device)  # full precision on the CPU, whatever training used
         self.sums: list[list[Tensor]] = []  # per video: rgb, flow, fused (and features)
         self._features: dict[str, Tensor] = {}
         if options.features:
