@@ -107,3 +107,24 @@ def test_cuda_autocast_forward_backward(dtype: torch.dtype) -> None:
     assert output.logits.dtype == dtype
     loss.backward()
     assert torch.isfinite(model.lstm.weight_ih_l0.grad).all()
+
+
+def test_lstm_runs_in_float32_outside_autocast() -> None:
+    """Under (bf16) autocast the LSTM sees float32 inputs with autocast off, so no autocast rule (CUDA's casts
+    cuDNN RNNs to fp16) can lower its inputs or weights; the rest of the model stays in bf16."""
+    torch.manual_seed(0)
+    model = cotlstm_reduced(num_classes=5)
+    seen = []
+    model.lstm.register_forward_pre_hook(
+        lambda module, inputs: seen.append((inputs[0].dtype, torch.is_autocast_enabled("cpu"))))
+    model.lstm.register_forward_hook(lambda module, inputs, output: seen.append(output[1][0].dtype))
+    rgb, flow = _inputs(batch=2, steps=3, size=32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = model(rgb, flow)
+        loss = cotlstm_loss(output, torch.tensor([1, 2]))
+    assert seen == [(torch.float32, False), torch.float32]
+    assert output.logits.dtype == torch.bfloat16  # FC-2 and the backbones keep autocast
+    loss.backward()
+    for name, parameter in model.lstm.named_parameters():
+        assert parameter.dtype == parameter.grad.dtype == torch.float32, name
+        assert torch.isfinite(parameter.grad).all() and parameter.grad.abs().sum() > 0, name
