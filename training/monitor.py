@@ -120,7 +120,7 @@ def plot_loss(metrics: Path, out: Path) -> None:
     top.plot(iterations, loss, marker="." if len(rows) < 50 else None)
     top.set(ylabel="training loss", title=f"{out.parent.name}: {len(rows)} log points")
     top.grid(alpha=0.3)
-    bottom.plot(iterations, lr, color="tab:orange")
+    bottom.plot(iterations, lr, color="tab:orange", drawstyle="steps-post")
     bottom.set(xlabel="iteration", ylabel="lr")
     bottom.grid(alpha=0.3)
     figure.savefig(out, dpi=100)
