@@ -464,11 +464,11 @@ CPU demo with a reduced model and small crops:
       --out runs/demo --reduced --crop 64 --resize 72 --batch-size 8 --iterations 300 --lr 0.01
 \b
 Defaults are the paper's recipe for MODEL; --config JSON and then the options override them. The run folder
-gets config.json, checkpoint.pt (every --checkpoint-every iterations, on SIGTERM/SIGINT, at the end) and
-metrics.csv. Exit code 130 after a stop by signal: rerun with --resume.""")
+gets config.json, checkpoint.pt (every --checkpoint-every iterations, on SIGTERM/SIGINT, at the end),
+metrics.csv, loss.png and, with TensorBoard installed, tensorboard/. Exit code 130 after a stop by signal: rerun with --resume.""")
 @click.argument("model", type=click.Choice(_MODELS))
 @click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False),
-              help="Run folder (config.json, checkpoint.pt, metrics.csv).")
+              help="Run folder (config.json, checkpoint.pt, metrics.csv, loss.png, tensorboard/).")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="JSON object setting any training-config fields; options given here override it.")
 @click.option("--resume", is_flag=True,

@@ -4,7 +4,8 @@ Protocol (TSN's, configurable): ``positions`` (25) uniformly spaced positions pe
 or 10 crops (4 corners + centre, and their mirror images). STILT attends over segments, so one STILT view is one
 crop taken at all positions, which are its segments (25 segments instead of training's 3; the co-attention is
 defined for any number); a CoT-LSTM view is one crop at one position. Softmax scores are averaged over a video's
-views. Views go through the model ``chunk`` at a time, so 25 x 10 views never have to fit in memory at once.
+views. Views go through the model ``chunk`` at a time, so 25 x 10 views never have to fit in memory at once. The
+model runs as in training on CUDA (AMP mode, channels_last) and in full precision on the CPU.
 
 Outputs (``OUT`` is the score file's path without ``.npz``):
 
@@ -14,7 +15,8 @@ Outputs (``OUT`` is the score file's path without ``.npz``):
   2048-d feature of each stream; CoT-LSTM: FC-1's output and the LSTM's last hidden state);
 - ``OUT.per_class.csv``: videos and top-1 accuracy per class, for each stream, the model's fusion and ``--fusion``;
 - ``OUT.confusion.png``: the confusion matrix of the model's fused prediction over the ``confusion_top`` most
-  frequent classes, every other class grouped as "other" (the STILT paper's Fig. 5), rows normalised.
+  frequent classes, every other class grouped as "other" (the STILT paper's Fig. 5), rows normalised;
+- the accuracies as TensorBoard scalars in the run folder's ``tensorboard/`` when it has one (``monitor.py``).
 """
 
 from __future__ import annotations
