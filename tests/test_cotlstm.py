@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import sys
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from actrec.models import CoTBottleneck, CoTLSTM, ResNet, cotlstm_loss, cotlstm_reduced
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/ is not a package: reach the shared helper module
+from train_fixtures import one_torch_thread  # noqa: E402,F401  (autouse fixture: one intra-op thread)
 
 reduced_cotnet = partial(ResNet, (1, 1, 1, 1), block=CoTBottleneck, width=8)
 
@@ -114,11 +119,13 @@ def test_lstm_runs_in_float32_outside_autocast() -> None:
     cuDNN RNNs to fp16) can lower its inputs or weights; the rest of the model stays in bf16."""
     torch.manual_seed(0)
     model = cotlstm_reduced(num_classes=5)
+    for backbone in (model.spatial_backbone, model.temporal_backbone):
+        backbone.requires_grad_(False)  # backward through the heads and the LSTM only: a fast test
     seen = []
     model.lstm.register_forward_pre_hook(
         lambda module, inputs: seen.append((inputs[0].dtype, torch.is_autocast_enabled("cpu"))))
     model.lstm.register_forward_hook(lambda module, inputs, output: seen.append(output[1][0].dtype))
-    rgb, flow = _inputs(batch=2, steps=3, size=32)
+    rgb, flow = _inputs(batch=2, steps=2, size=32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         output = model(rgb, flow)
         loss = cotlstm_loss(output, torch.tensor([1, 2]))

@@ -85,6 +85,16 @@ def test_cuda_generator_of_the_own_device_resumes_under_other_visible_gpus(
     assert all(resumed.states[index][0] == index for index in others)  # other processes' devices untouched
 
 
+def test_older_checkpoints_with_every_visible_devices_state_restore_the_own_one(monkeypatch):
+    saved = {**capture_rng(), "cuda": [torch.full((16,), 50 + index, dtype=torch.uint8) for index in range(2)]}
+    resumed = FakeCuda(visible=4, current=1).install(monkeypatch)
+    restore_rng(saved)
+    assert [int(state[0]) for state in resumed.states] == [0, 51, 2, 3]
+    resumed = FakeCuda(visible=4, current=3).install(monkeypatch)
+    restore_rng(saved)  # the old file has no state for device 3: it keeps its own
+    assert [int(state[0]) for state in resumed.states] == [0, 1, 2, 3]
+
+
 def test_cpu_only_checkpoint_leaves_cuda_generators_alone(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     saved = capture_rng()

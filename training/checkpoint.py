@@ -55,10 +55,10 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 def _own_cuda_state(saved: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | None:
     """The saved CUDA generator state of this process's device (None when the run had no CUDA state to give)."""
-    if isinstance(saved, torch.Tensor):
-        return saved if saved.numel() else None
-    index = torch.cuda.current_device() if saved and torch.cuda.is_available() else len(saved)
-    return saved[index] if index < len(saved) else None  # older checkpoints: every visible device's state
+    if isinstance(saved, list):  # older checkpoints: every visible device's state, indexed by device
+        index = torch.cuda.current_device() if torch.cuda.is_available() else len(saved)
+        return saved[index] if index < len(saved) else None
+    return saved if saved.numel() else None
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:

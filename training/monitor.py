@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import re
 from dataclasses import astuple, dataclass
 from pathlib import Path
@@ -128,10 +129,11 @@ def plot_loss(metrics: Path, out: Path) -> None:
 
 def log_evaluation(run_dir: Path, iteration: int, split: str, rows: Sequence[AccuracyRow]) -> bool:
     """Add an evaluation's accuracies to the run's TensorBoard events at ``iteration``; False (nothing written)
-    when the run has no TensorBoard folder or tensorboard is not installed."""
-    if not (run_dir / TENSORBOARD).is_dir() or not rows:
+    when nothing is labelled, the run has no writable TensorBoard folder or tensorboard is not installed."""
+    folder = run_dir / TENSORBOARD
+    if not rows or not folder.is_dir() or not os.access(folder, os.W_OK):
         return False
-    writer = summary_writer(run_dir / TENSORBOARD)
+    writer = summary_writer(folder)
     if writer is None:
         return False
     with writer:

@@ -203,30 +203,28 @@ class _Run:
         window = _Window()
         start = time.perf_counter()
         self.model.train()
-        try:
-            with _StopSignals() as stop:
-                batches = iter(train_loader(config, self.source, rank=ctx.rank, world_size=ctx.world_size,
-                                            start=self.iteration, pin_memory=ctx.device.type == "cuda"))
-                while self.iteration < config.iterations:
-                    loss, lr = self._step(batches, window)
-                    self.iteration += 1
-                    summary.clips += config.batch_size
-                    bar.update(1)
-                    if self.iteration % config.log_every == 0 or self.iteration == config.iterations:
-                        summary.last_loss, summary.interrupted = log_across(loss, stop.requested, ctx)  # host sync
-                        self._log_metrics(summary.last_loss, lr, window, time.perf_counter() - start, bar)
-                    else:  # a single process stops at once; DDP processes learn of a stop at the next log iteration
-                        summary.interrupted = stop.requested and not ctx.distributed
-                    if summary.interrupted or self.iteration % config.checkpoint_every == 0:
-                        self._save()
-                    if summary.interrupted:
-                        break
-                if not summary.interrupted and self.iteration % config.checkpoint_every:
+        with _StopSignals() as stop:
+            batches = iter(train_loader(config, self.source, rank=ctx.rank, world_size=ctx.world_size,
+                                        start=self.iteration, pin_memory=ctx.device.type == "cuda"))
+            while self.iteration < config.iterations:
+                loss, lr = self._step(batches, window)
+                self.iteration += 1
+                summary.clips += config.batch_size
+                bar.update(1)
+                if self.iteration % config.log_every == 0 or self.iteration == config.iterations:
+                    summary.last_loss, summary.interrupted = log_across(loss, stop.requested, ctx)  # host sync
+                    self._log_metrics(summary.last_loss, lr, window, time.perf_counter() - start, bar)
+                else:  # a single process stops at once; DDP processes learn of a stop at the next log iteration
+                    summary.interrupted = stop.requested and not ctx.distributed
+                if summary.interrupted or self.iteration % config.checkpoint_every == 0:
                     self._save()
-        finally:  # the progress bar, the TensorBoard events and loss.png are closed and drawn whatever happens
-            bar.close()
-            if self.monitor is not None:
-                self.monitor.close()
+                if summary.interrupted:
+                    break
+            if not summary.interrupted and self.iteration % config.checkpoint_every:
+                self._save()
+        bar.close()
+        if self.monitor is not None:
+            self.monitor.close()  # TensorBoard events flushed, loss.png drawn
         summary.iteration = self.iteration
         summary.elapsed = time.perf_counter() - start
         summary.data_wait = window.total_wait / max(summary.elapsed, 1e-9)
