@@ -53,7 +53,8 @@ def test_tensorboard_holds_the_metrics_rows_and_the_evaluation(data, tmp_path):
     for name in ("loss", "lr", "clips_per_s", "data_wait"):
         logged = scalars[f"train/{name}"]
         assert [step for step, _ in logged] == [2, 4]
-        assert [value for _, value in logged] == pytest.approx([float(r[name]) for r in rows], rel=1e-4, abs=1e-3)
+        expected = [float(r[name]) for r in rows]  # the CSV rounds clips_per_s to 0.01, data_wait to 0.001
+        assert [value for _, value in logged] == pytest.approx(expected, rel=1e-4, abs=5e-3)
     _assert_png(run / LOSS_PLOT)
     evaluate(run / "checkpoint.pt", tmp_path / "test.npz", EvalOptions(positions=2, ten_crop=False, workers=0),
              progress=False, log=lambda line: None)
