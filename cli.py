@@ -497,7 +497,7 @@ metrics.csv, loss.png and, with TensorBoard installed, tensorboard/. Exit code 1
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), help="Dropout before classifiers [0.5].")
 @click.option("--amp", type=click.Choice(_AMP_MODES),
               help="Mixed precision: auto = bf16 on CUDA, off on CPU; fp16 uses a GradScaler [auto].")
-@click.option("--pretrained", callback=_check_pretrained,
+@click.option("--pretrained", callback=_check_pretrained, metavar="imagenet|FILE",
               help="ImageNet weights loaded into both backbones, the flow stream's first conv by cross-modality "
                    "init: 'imagenet' (STILT: torchvision's ResNet-50, downloaded once into the torch hub cache) or "
                    "a file (e.g. JDAI-CV's CoTNet-101 for CoT-LSTM); what was loaded is printed.")

@@ -105,12 +105,16 @@ def test_cpu_bf16_autocast_forward() -> None:
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cuda_autocast_forward_backward(dtype: torch.dtype) -> None:
     model = cotlstm_reduced(num_classes=5).cuda()
+    seen = []  # the cuDNN LSTM in float32 with autocast off (its autocast rule would cast to fp16 even under bf16)
+    model.lstm.register_forward_pre_hook(
+        lambda module, inputs: seen.append((inputs[0].dtype, torch.is_autocast_enabled("cuda"))))
     rgb, flow = (x.cuda() for x in _inputs(batch=2, steps=4, size=64))
     with torch.autocast("cuda", dtype=dtype):
         output = model(rgb, flow)
         loss = cotlstm_loss(output, torch.tensor([1, 2], device="cuda"))
-    assert output.logits.dtype == dtype
+    assert output.logits.dtype == dtype and seen == [(torch.float32, False)]
     loss.backward()
+    assert model.lstm.weight_ih_l0.grad.dtype == torch.float32
     assert torch.isfinite(model.lstm.weight_ih_l0.grad).all()
 
 
