@@ -448,14 +448,21 @@ def flow_pair_cmd(img0: str, img1: str, out: str, viz: str | None, device: str, 
 
 # --- commands: models, training, evaluation ---
 
+from pathlib import Path  # noqa: E402
 from actrec.data_manifests.manifest import SPLITS as _SPLITS  # noqa: E402  (this command block's imports)
 from actrec.training.config import AMP_MODES as _AMP_MODES, MODELS as _MODELS  # noqa: E402
+
+
+def _check_pretrained(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None or value == "imagenet" or Path(value).is_file():
+        return value
+    raise click.BadParameter(f"expected 'imagenet' or a weights file, got {value!r} (no such file)")
 
 
 @cli.command("train", epilog="""\b
 Examples:
   actrec train stilt --frames frames/ --flow flow/ --manifest ucf101_s1.csv --out runs/stilt_s1 \\
-      --gpu --workers 8 --pretrained resnet50-11ad3fa6.pth
+      --gpu --workers 8 --pretrained imagenet
   actrec train stilt --frames frames/ --flow flow/ --manifest hmdb51_s1.csv --out runs/stilt_h1 \\
       --gpu --lr-step 5000
   actrec train cotlstm --frames frames/ --flow flow/ --manifest ucf101_s1.csv --out runs/cot_s1 --gpu
@@ -468,11 +475,11 @@ CPU demo with a reduced model and small crops:
       --out runs/demo --reduced --crop 64 --resize 72 --batch-size 8 --iterations 300 --lr 0.01
 \b
 Defaults are the paper's recipe for MODEL; --config JSON and then the options override them. The run folder
-gets config.json, checkpoint.pt (every --checkpoint-every iterations, on SIGTERM/SIGINT, at the end) and
-metrics.csv. Exit code 130 after a stop by signal: rerun with --resume.""")
+gets config.json, checkpoint.pt (every --checkpoint-every iterations, on SIGTERM/SIGINT, at the end),
+metrics.csv, loss.png and, with TensorBoard installed, tensorboard/. Exit code 130 after a stop by signal: rerun with --resume.""")
 @click.argument("model", type=click.Choice(_MODELS))
 @click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False),
-              help="Run folder (config.json, checkpoint.pt, metrics.csv).")
+              help="Run folder (config.json, checkpoint.pt, metrics.csv, loss.png, tensorboard/).")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="JSON object setting any training-config fields; options given here override it.")
 @click.option("--resume", is_flag=True,
@@ -501,9 +508,10 @@ metrics.csv. Exit code 130 after a stop by signal: rerun with --resume.""")
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), help="Dropout before classifiers [0.5].")
 @click.option("--amp", type=click.Choice(_AMP_MODES),
               help="Mixed precision: auto = bf16 on CUDA, off on CPU; fp16 uses a GradScaler [auto].")
-@click.option("--pretrained", type=click.Path(exists=True, dir_okay=False),
-              help="ImageNet checkpoint (torchvision ResNet-50 / CoTNet-101) loaded into both backbones, the "
-                   "flow stream's first conv by cross-modality init; what was loaded is printed.")
+@click.option("--pretrained", callback=_check_pretrained, metavar="imagenet|FILE",
+              help="ImageNet weights loaded into both backbones, the flow stream's first conv by cross-modality "
+                   "init: 'imagenet' (STILT: torchvision's ResNet-50, downloaded once into the torch hub cache) or "
+                   "a file (e.g. JDAI-CV's CoTNet-101 for CoT-LSTM); what was loaded is printed.")
 @click.option("--co-attention/--no-co-attention", default=None,
               help="STILT: --no-co-attention averages the segments instead (the paper's Two-stream ablation) [on].")
 @click.option("--reduced/--full-size", default=None, help="CPU-sized backbones for tests and demos [full size].")

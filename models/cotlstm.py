@@ -7,6 +7,10 @@ CoTNet-101 sees each of t (10) optical-flow frames separately (2 channels, x and
 FC-2 gives the fused scores (softmax in the loss). Dropout 0.5 acts on the inputs of FC-1 and FC-2, the paper's
 best setting (Table II). Auxiliary per-stream classifiers give each stream's own scores, for the paper's
 spatial / temporal / fusion columns and for late fusion (`fusion/`).
+
+Mixed precision: the LSTM always runs in float32 with autocast off. CUDA's autocast casts cuDNN RNN inputs and
+weights to fp16 whatever the autocast dtype, so under bf16 autocast (trained without a GradScaler) the LSTM would
+run in fp16 with unscaled gradients; it is small next to the backbones, so float32 costs little.
 """
 
 from __future__ import annotations
@@ -76,7 +80,8 @@ class CoTLSTM(nn.Module):
         spatial = self.fc1(self.spatial_backbone(rgb))  # (B, fc1_dim)
         batch, steps = flow.shape[:2]
         frames = self.temporal_backbone(flow.flatten(0, 1)).view(batch, steps, -1)  # (B, t, D)
-        _, (hidden, _) = self.lstm(frames)  # hidden: (layers, B, lstm_hidden)
+        with torch.autocast(frames.device.type, enabled=False):  # float32 LSTM (module docstring)
+            _, (hidden, _) = self.lstm(frames.float())  # hidden: (layers, B, lstm_hidden)
         temporal = hidden[-1]  # top layer, last time step
         fused = self.fc2(torch.cat([spatial, temporal.to(spatial.dtype)], dim=1))
         return CotLstmOutput(fused, self.spatial_head(spatial), self.temporal_head(temporal))

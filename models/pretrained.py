@@ -1,5 +1,12 @@
 """Load ImageNet checkpoints (torchvision ResNet, JDAI-CV/CoTNet) into our backbones, with a report.
 
+`--pretrained imagenet` names torchvision's published ImageNet-1k weights of a ResNet (`IMAGENET_URLS`, the
+IMAGENET1K_V1 files, the classic recipe the papers' era used). They are downloaded once into the torch hub cache
+(`torch.hub.get_dir()/checkpoints`, where torchvision keeps them too), with the SHA-256 prefix in the file name
+checked, and read from there afterwards. Without a network the error says which file to fetch and to pass its path.
+JDAI-CV publishes CoTNet-101's weights on Google Drive and Baidu only (links in their README), so CoT-LSTM takes
+them as a path.
+
 Accepted files: a bare state dict, or one wrapped as `{"state_dict": ...}` or `{"model": ...}`; `module.` prefixes
 left by DistributedDataParallel are stripped. Files are always read with
 `torch.load(path, map_location="cpu", weights_only=True)`, so no pickled code runs.
@@ -28,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import urllib.error
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -44,6 +52,14 @@ WRAPPER_KEYS = ("state_dict", "model")  # checkpoint dicts that hold the state d
 DDP_PREFIX = "module."
 HEAD_PREFIX = "fc."  # the classifier, skipped on a shape mismatch
 FIRST_CONV = "conv1.weight"  # the kernel that cross-modality initialisation adapts
+TRAIN_CHECKPOINT_FORMAT = "actrec-train-checkpoint"  # the "format" entry of actrec's training checkpoints
+SHOWN_KEYS = 8  # key names listed per category of a load report; the rest are counted
+IMAGENET = "imagenet"  # the --pretrained value that names torchvision's published weights
+IMAGENET_URLS = {  # torchvision ResNet{50,101}_Weights.IMAGENET1K_V1; the name ends in its SHA-256's first digits
+    "resnet50": "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+    "resnet101": "https://download.pytorch.org/models/resnet101-63fe2227.pth",
+}
+_HASH_IN_NAME = re.compile(r"-([a-f0-9]+)\.")  # torch.hub's convention: NAME-SHA256PREFIX.EXT
 _COT_LAYER_KEY = re.compile(r"^(layer\d+\.\d+\.conv2\.)([A-Za-z0-9_]+)(\..+)$")
 
 
@@ -59,7 +75,7 @@ class LoadReport:
     unexpected: tuple[str, ...]  # file keys the model has no place for, ignored
 
     def summary(self) -> str:
-        """One line per non-empty category, naming the keys."""
+        """One line per non-empty category, naming its first ``SHOWN_KEYS`` keys and counting the rest."""
         lines = [f"{self.path}: loaded {len(self.loaded)} of the model's tensors"]
         for label, keys in (
             ("cross-modality init", self.adapted),
@@ -68,8 +84,41 @@ class LoadReport:
             ("unexpected in the file", self.unexpected),
         ):
             if keys:
-                lines.append(f"  {label}: {', '.join(keys)}")
+                more = f" and {len(keys) - SHOWN_KEYS} more" if len(keys) > SHOWN_KEYS else ""
+                lines.append(f"  {label}: {', '.join(keys[:SHOWN_KEYS])}{more}")
         return "\n".join(lines)
+
+
+def resolve_weights(pretrained: str, arch: str, *, progress: bool = True) -> Path:
+    """The weights file that ``--pretrained`` names for a backbone ``arch``: ``imagenet`` gives torchvision's
+    cached download (see the module docstring), anything else is a path, returned unchanged."""
+    if pretrained != IMAGENET:
+        return Path(pretrained)
+    if arch not in IMAGENET_URLS:
+        raise InputError(f"--pretrained imagenet: torchvision publishes no {arch} weights; download the reference "
+                         f"ImageNet weights of {arch} (see the README) and pass the file: --pretrained PATH")
+    return download_weights(IMAGENET_URLS[arch], Path(torch.hub.get_dir()) / "checkpoints", progress=progress)
+
+
+def download_weights(url: str, folder: Path, *, progress: bool = True) -> Path:
+    """``folder/NAME`` for the file at ``url`` (NAME-SHA256PREFIX.pth), downloaded when absent with its SHA-256
+    checked; a failed or mismatching download leaves nothing behind and raises a one-line InputError."""
+    name = url.rsplit("/", 1)[-1]
+    path = folder / name
+    if path.is_file():
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    prefix = _HASH_IN_NAME.search(name)
+    try:
+        torch.hub.download_url_to_file(url, str(path), hash_prefix=prefix.group(1) if prefix else None,
+                                       progress=progress)
+    except urllib.error.URLError as exc:  # no network, proxy, HTTP error
+        raise InputError(f"could not download {url} ({exc.reason}); fetch that file where there is a network and "
+                         f"pass it: --pretrained PATH/{name}") from None
+    except RuntimeError as exc:  # torch.hub: 'invalid hash value (expected ..., got ...)'
+        raise InputError(f"{url}: the download's SHA-256 does not match the name ({exc}); nothing was kept, "
+                         "try again or fetch the file yourself") from None
+    return path
 
 
 def load_torch_file(path: str | Path) -> object:
@@ -81,10 +130,17 @@ def load_torch_file(path: str | Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # the unpickler raises many types (EOFError, IndexError, UnpicklingError...)
+        code = _REFUSED_GLOBAL.search(str(exc))
+        if code:
+            raise InputError(f"{path}: the file asks to run code when loaded ({code.group(1)}) and was refused: "
+                             "only tensors and plain values are read (weights_only); re-save the weights as a plain "
+                             "state dict") from None
         raise InputError(f"{path}: not a readable PyTorch checkpoint (corrupt or truncated? "
                          f"{_load_failure(exc)})") from None
 
 
+# torch's weights-only unpickler names the global (a function or class to import) that it refused to load
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+?)\.?(?:\s|$)")
 # torch.load wraps the actual reason of a failed safe load in generic advice; these lines are that advice
 _ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation")
 
@@ -98,7 +154,11 @@ def _load_failure(exc: Exception) -> str:
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Read a checkpoint file into a flat state dict: unwrapped, `module.` stripped, CoTNet names mapped."""
-    state = _unwrap(load_torch_file(path))
+    loaded = load_torch_file(path)
+    if isinstance(loaded, Mapping) and loaded.get("format") == TRAIN_CHECKPOINT_FORMAT:
+        raise InputError(f"{path} is an actrec training checkpoint, not backbone weights; continue its run with "
+                         "train --resume, or score it with evaluate --checkpoint")
+    state = _unwrap(loaded)
     if not isinstance(state, Mapping):
         raise InputError(f"{path}: not a state dict (found a {type(state).__name__})")
     for key, value in state.items():

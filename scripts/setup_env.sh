@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Create .venv and install actrec with its test dependencies. torch is pinned first to the CPU wheel so that
-# no CUDA packages are pulled on a machine without a GPU; on a GPU machine install your CUDA torch first.
+# Create .venv and install actrec with its test dependencies and the optional TensorBoard logging (its tests run).
+# torch is pinned first to the CPU wheel so that no CUDA packages are pulled on a machine without a GPU; on a GPU
+# machine install your CUDA torch first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
@@ -8,4 +9,4 @@ python3 -m venv .venv
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     .venv/bin/python -m pip install -q "torch==2.13.0"
 fi
-.venv/bin/python -m pip install -q -e ".[test]"
+.venv/bin/python -m pip install -q -e ".[test,tensorboard]"

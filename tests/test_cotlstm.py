@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import sys
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from actrec.models import CoTBottleneck, CoTLSTM, ResNet, cotlstm_loss, cotlstm_reduced
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/ is not a package: reach the shared helper module
+from train_fixtures import one_torch_thread  # noqa: E402,F401  (autouse fixture: one intra-op thread)
 
 reduced_cotnet = partial(ResNet, (1, 1, 1, 1), block=CoTBottleneck, width=8)
 
@@ -100,10 +105,37 @@ def test_cpu_bf16_autocast_forward() -> None:
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cuda_autocast_forward_backward(dtype: torch.dtype) -> None:
     model = cotlstm_reduced(num_classes=5).cuda()
+    seen = []  # the cuDNN LSTM in float32 with autocast off (its autocast rule would cast to fp16 even under bf16)
+    model.lstm.register_forward_pre_hook(
+        lambda module, inputs: seen.append((inputs[0].dtype, torch.is_autocast_enabled("cuda"))))
     rgb, flow = (x.cuda() for x in _inputs(batch=2, steps=4, size=64))
     with torch.autocast("cuda", dtype=dtype):
         output = model(rgb, flow)
         loss = cotlstm_loss(output, torch.tensor([1, 2], device="cuda"))
-    assert output.logits.dtype == dtype
+    assert output.logits.dtype == dtype and seen == [(torch.float32, False)]
     loss.backward()
+    assert model.lstm.weight_ih_l0.grad.dtype == torch.float32
     assert torch.isfinite(model.lstm.weight_ih_l0.grad).all()
+
+
+def test_lstm_runs_in_float32_outside_autocast() -> None:
+    """Under (bf16) autocast the LSTM sees float32 inputs with autocast off, so no autocast rule (CUDA's casts
+    cuDNN RNNs to fp16) can lower its inputs or weights; the rest of the model stays in bf16."""
+    torch.manual_seed(0)
+    model = cotlstm_reduced(num_classes=5)
+    for backbone in (model.spatial_backbone, model.temporal_backbone):
+        backbone.requires_grad_(False)  # backward through the heads and the LSTM only: a fast test
+    seen = []
+    model.lstm.register_forward_pre_hook(
+        lambda module, inputs: seen.append((inputs[0].dtype, torch.is_autocast_enabled("cpu"))))
+    model.lstm.register_forward_hook(lambda module, inputs, output: seen.append(output[1][0].dtype))
+    rgb, flow = _inputs(batch=2, steps=2, size=32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = model(rgb, flow)
+        loss = cotlstm_loss(output, torch.tensor([1, 2]))
+    assert seen == [(torch.float32, False), torch.float32]
+    assert output.logits.dtype == torch.bfloat16  # FC-2 and the backbones keep autocast
+    loss.backward()
+    for name, parameter in model.lstm.named_parameters():
+        assert parameter.dtype == parameter.grad.dtype == torch.float32, name
+        assert torch.isfinite(parameter.grad).all() and parameter.grad.abs().sum() > 0, name

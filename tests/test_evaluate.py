@@ -13,7 +13,8 @@ import torch
 from actrec.data_manifests.manifest import read_manifest
 from actrec.fusion.scores import load_scores
 from actrec.training.augment import AugmentParams, eval_frames, eval_view, view_boxes
-from actrec.training.checkpoint import load_checkpoint
+from actrec.training import evaluate as evaluate_module, trainer
+from actrec.training.checkpoint import load_checkpoint, save_checkpoint
 from actrec.training.config import TrainConfig, apply_overrides, resolve_config
 from actrec.training.datasets import ClipSource, EvalVideos
 from actrec.training.evaluate import EvalOptions, evaluate, grouped_confusion
@@ -76,6 +77,39 @@ def test_scores_are_the_mean_softmax_over_the_protocols_views(run, tmp_path):
         output = model(torch.stack([v[0] for v in views]), torch.stack([v[1] for v in views]).flatten(2, 3))
     expected = output.spatial_logits.softmax(1).mean(0)  # 10 views, each attending over the 2 positions
     assert np.allclose(ten.scores[0, 0], expected.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("amp", ["fp16", "bf16"])
+def test_a_run_trained_with_amp_is_scored_in_full_precision_on_the_cpu(run, tmp_path, amp):
+    checkpoint, _ = run
+    saved = load_checkpoint(checkpoint)  # trained with amp auto: full precision on the CPU
+    saved["config"] = {**saved["config"], "amp": amp}  # as if trained on GPUs with --amp fp16 / bf16
+    (tmp_path / "gpu_run").mkdir()
+    save_checkpoint(tmp_path / "gpu_run" / "checkpoint.pt", saved)
+    options = EvalOptions(positions=2, ten_crop=False, workers=0)
+    as_trained = evaluate(tmp_path / "gpu_run" / "checkpoint.pt", tmp_path / "amp.npz", options, progress=False)
+    full = evaluate(checkpoint, tmp_path / "full.npz", options, progress=False)
+    assert np.array_equal(as_trained.scores.scores, full.scores.scores)
+    assert np.array_equal(as_trained.scores.model_fused, full.scores.model_fused)
+
+
+def test_evaluation_prepares_the_model_like_training(run, tmp_path, monkeypatch):
+    """evaluate puts the model in training's memory format (channels_last on CUDA, forced here on the CPU)."""
+    checkpoint, _ = run
+    assert evaluate_module.to_channels_last is trainer.to_channels_last  # the one rule of both
+    prepared = []
+
+    def channels_last_here_too(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        prepared.append(model.to(memory_format=torch.channels_last))
+        return prepared[-1]
+
+    options = EvalOptions(positions=2, ten_crop=False, workers=0)
+    contiguous = evaluate(checkpoint, tmp_path / "contiguous.npz", options, progress=False).scores
+    monkeypatch.setattr(evaluate_module, "to_channels_last", channels_last_here_too)
+    channels_last = evaluate(checkpoint, tmp_path / "channels_last.npz", options, progress=False).scores
+    assert len(prepared) == 1 and not prepared[0].training
+    assert prepared[0].temporal_backbone.layer1[0].conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    assert np.allclose(channels_last.scores, contiguous.scores, atol=1e-5)
 
 
 def test_grouped_confusion_keeps_the_most_frequent_classes_and_an_other_group():

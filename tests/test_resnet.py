@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from functools import partial
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from actrec.errors import InputError
-from actrec.models import ResNet, load_pretrained, resnet50, resnet101
+from actrec.models import LoadReport, ResNet, load_pretrained, resnet50, resnet101
 
 # Keys and shapes of torchvision's resnet50().state_dict() (1000 classes).
 TORCHVISION_RESNET50 = {
@@ -209,6 +210,13 @@ def test_weights_of_another_architecture_raise(pretrained_resnet50) -> None:
     assert str(path) in str(excinfo.value)
 
 
+class _CallsOnLoad:
+    """Unpickling this would call os.getcwd: a pickle that runs code, which a weights-only load refuses."""
+
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
@@ -217,6 +225,7 @@ def test_weights_of_another_architecture_raise(pretrained_resnet50) -> None:
         ("truncated", "not a readable PyTorch checkpoint"),
         ("list", "not a state dict"),
         ("non-tensor", "not a state dict"),
+        ("code", r"the file asks to run code when loaded \(\w+\.getcwd\) and was refused"),
     ],
 )
 def test_unloadable_files_raise_input_error_naming_the_file(tmp_path: Path, content, message: str) -> None:
@@ -228,6 +237,8 @@ def test_unloadable_files_raise_input_error_naming_the_file(tmp_path: Path, cont
         torch.save([torch.zeros(2)], path)
     elif content == "non-tensor":
         torch.save({"conv1.weight": [1, 2, 3]}, path)
+    elif content == "code":
+        torch.save({"conv1.weight": _CallsOnLoad()}, path)
     else:
         path.write_bytes(content)
     with pytest.raises(InputError, match=message) as excinfo:
@@ -239,3 +250,12 @@ def test_unloadable_files_raise_input_error_naming_the_file(tmp_path: Path, cont
 def test_missing_file_raises_input_error(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="not found"):
         load_pretrained(reduced_resnet(), tmp_path / "absent.pth")
+
+
+def test_load_report_names_the_first_keys_of_a_long_list_and_counts_the_rest() -> None:
+    keys = tuple(f"spatial_backbone.layer{i}.weight" for i in range(20))
+    report = LoadReport(Path("run/checkpoint.pt"), loaded=(), adapted=(), skipped=(), missing=keys[:3],
+                        unexpected=keys)
+    lines = report.summary().splitlines()
+    assert lines[1] == f"  missing from the file: {', '.join(keys[:3])}"
+    assert lines[2] == f"  unexpected in the file: {', '.join(keys[:8])} and 12 more"

@@ -81,14 +81,24 @@ def test_resume_refuses_changed_settings_and_fresh_run_refuses_an_existing_one(d
         train(resolve_config("stilt", overrides=fx.tiny_overrides(data)), short_run, progress=False)
 
 
+class _RunsCode:
+    """Unpickling this calls os.system: what a weights-only load must refuse."""
+
+    def __reduce__(self):
+        return (os.system, ("echo this should never run",))
+
+
 @pytest.mark.parametrize("content, message", [
     (b"\x00garbage that is no zip or pickle", "not a readable PyTorch checkpoint"),
-    (None, "not an actrec training checkpoint"),
+    ("foreign", "not an actrec training checkpoint"),
+    ("code", r"the file asks to run code when loaded \(\w+\.system\) and was refused"),
 ])
 def test_corrupt_or_foreign_checkpoint_gives_a_clear_error(tmp_path, content, message):
     path = tmp_path / "checkpoint.pt"
-    if content is None:
+    if content == "foreign":
         torch.save({"conv1.weight": torch.zeros(1)}, path)  # a bare state dict from another tool
+    elif content == "code":
+        torch.save({"format": "actrec-train-checkpoint", "model": _RunsCode()}, path)
     else:
         path.write_bytes(content)
     with pytest.raises(InputError, match=message):
@@ -102,6 +112,16 @@ def test_truncated_checkpoint_gives_a_clear_error(short_run, tmp_path):
     path.write_bytes((short_run / "checkpoint.pt").read_bytes()[:100_000])
     with pytest.raises(InputError, match="corrupt or truncated"):
         load_checkpoint(path)
+
+
+def test_a_training_checkpoint_given_as_pretrained_weights_is_one_short_line(short_run, caplog):
+    model = build_model(TrainConfig(reduced=True, flow_length=3), num_classes=3)
+    with pytest.raises(InputError) as excinfo:
+        load_backbones(model, str(short_run / "checkpoint.pt"))
+    message = str(excinfo.value)
+    assert message.startswith(f"{short_run / 'checkpoint.pt'} is an actrec training checkpoint, not backbone weights")
+    assert "--resume" in message and "\n" not in message and len(message) < 250
+    assert not caplog.records  # no key-by-key load report either
 
 
 def test_config_layers_paper_defaults_file_and_overrides(data, tmp_path):
@@ -163,10 +183,30 @@ def test_pretrained_weights_load_into_both_backbones_with_cross_modality_init(tm
         load_backbones(model, str(tmp_path / "wider.pth"))
 
 
-def test_bf16_autocast_trains_on_the_cpu_and_fp16_needs_cuda(data, tmp_path):
-    summary = train(resolve_config("stilt", overrides=fx.tiny_overrides(data, iterations=1, amp="bf16")),
-                    tmp_path / "bf16", progress=False)
-    assert torch.isfinite(torch.tensor(summary.last_loss))
+@pytest.mark.parametrize("model, changes", [("stilt", {}), ("stilt", {"co_attention": False}), ("cotlstm", {})])
+def test_a_bf16_autocast_training_step_of_each_model_runs_on_the_cpu(data, tmp_path, monkeypatch, model, changes):
+    """The trainer's AMP step (shared with CUDA) under CPU bf16 autocast: finite loss and gradients, no scaler."""
+    gradients = []
+    unscaled_step = torch.amp.GradScaler.step
+
+    def recording_step(scaler, optimizer, *args, **kwargs):
+        gradients.extend(p.grad.clone() for group in optimizer.param_groups for p in group["params"]
+                         if p.grad is not None)
+        return unscaled_step(scaler, optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(torch.amp.GradScaler, "step", recording_step)
+    overrides = fx.tiny_overrides(data, model, iterations=1, amp="bf16", **changes)
+    summary = train(resolve_config(model, overrides=overrides), tmp_path / "bf16", progress=False)
+    assert summary.iteration == 1 and torch.isfinite(torch.tensor(summary.last_loss))
+    checkpoint = load_checkpoint(tmp_path / "bf16" / "checkpoint.pt")
+    buffers = ("running_mean", "running_var", "num_batches_tracked")  # BatchNorm's, which get no gradient
+    assert len(gradients) == sum(1 for name in checkpoint["model"] if not name.endswith(buffers))  # every parameter
+    assert all(torch.isfinite(g).all() for g in gradients) and sum(g.abs().sum() for g in gradients) > 0
+    assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
+    assert checkpoint["scaler"] == {}  # bf16 needs no loss scaling: the GradScaler stays disabled
+
+
+def test_fp16_amp_needs_cuda_for_training(data, tmp_path):
     with pytest.raises(DeviceError, match="fp16"):
         train(resolve_config("stilt", overrides=fx.tiny_overrides(data, amp="fp16")), tmp_path / "fp16",
               progress=False)

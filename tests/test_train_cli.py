@@ -97,3 +97,17 @@ def test_sigterm_stops_with_a_checkpoint_that_resumes(tmp_path):
     _invoke("train", "stilt", "--out", run, "--resume", "--iterations", stopped + 1, "--quiet")
     with metrics.open() as f:
         assert [int(row["iteration"]) for row in csv.DictReader(f)] == list(range(1, stopped + 2))
+
+
+def test_pretrained_refuses_a_training_checkpoint_and_a_missing_file_in_one_line(tmp_path):
+    data = fx.learnable_dataset(tmp_path / "data", train_per_class=2, test_per_class=0)
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    _invoke("train", "stilt", "--out", tmp_path / "run", *_options(data, "stilt", iterations=1))
+    result = CliRunner().invoke(cli, ["train", "stilt", "--out", str(tmp_path / "again"), *_options(data, "stilt"),
+                                      "--pretrained", str(checkpoint)])
+    assert result.exit_code == 1
+    assert result.output.strip() == (f"error: {checkpoint} is an actrec training checkpoint, not backbone weights; "
+                                     "continue its run with train --resume, or score it with evaluate --checkpoint")
+    result = CliRunner().invoke(cli, ["train", "stilt", "--out", str(tmp_path / "again"), *_options(data, "stilt"),
+                                      "--pretrained", str(tmp_path / "absent.pth")])
+    assert result.exit_code == 2 and "expected 'imagenet' or a weights file" in result.output

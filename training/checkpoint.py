@@ -4,6 +4,9 @@ A checkpoint is a dict of tensors and plain Python values only (no pickled objec
 ``"actrec-train-checkpoint"``, ``format_version``, ``iteration`` (iterations completed), ``config`` (TrainConfig as
 a dict), ``class_names``, ``world_size``, ``model``, ``optimizer``, ``scheduler`` and ``scaler`` state dicts, and
 ``rng``: one entry per process with its Python, NumPy, torch CPU and CUDA generator states as tensors and ints.
+The CUDA state is that of the process's own device only (``cuda:LOCAL_RANK``), so a run resumes under any set of
+visible GPUs; checkpoints from before held every visible device's state as a list, of which the entry at the
+process's device index is restored when there is one.
 It is written to ``NAME.tmp`` and renamed over ``NAME``, so a crash never leaves a half-written checkpoint.
 """
 
@@ -17,9 +20,9 @@ import numpy as np
 import torch
 
 from actrec.errors import InputError
-from actrec.models.pretrained import load_torch_file
+from actrec.models.pretrained import TRAIN_CHECKPOINT_FORMAT, load_torch_file
 
-FORMAT = "actrec-train-checkpoint"
+FORMAT = TRAIN_CHECKPOINT_FORMAT
 FORMAT_VERSION = 1
 REQUIRED = ("iteration", "config", "class_names", "world_size", "model", "optimizer", "scheduler", "scaler", "rng")
 
@@ -33,7 +36,7 @@ def capture_rng() -> dict[str, Any]:
         "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                   "has_gauss": int(has_gauss), "cached": float(cached)},
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else torch.empty(0, dtype=torch.uint8),
     }
 
 
@@ -45,8 +48,17 @@ def restore_rng(state: dict[str, Any]) -> None:
     np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
                          numpy["cached"]))
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = _own_cuda_state(state["cuda"])
+    if cuda is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(cuda)
+
+
+def _own_cuda_state(saved: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | None:
+    """The saved CUDA generator state of this process's device (None when the run had no CUDA state to give)."""
+    if isinstance(saved, list):  # older checkpoints: every visible device's state, indexed by device
+        index = torch.cuda.current_device() if torch.cuda.is_available() else len(saved)
+        return saved[index] if index < len(saved) else None
+    return saved if saved.numel() else None
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:

@@ -49,7 +49,10 @@ def init_distributed(gpu: bool) -> DistContext:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size)
+        if device.type == "cuda":  # NCCL bound to this process's GPU (barrier() then knows the device)
+            dist.init_process_group("nccl", rank=rank, world_size=world_size, device_id=device)
+        else:
+            dist.init_process_group("gloo", rank=rank, world_size=world_size)
     return DistContext(rank, world_size, device)
 
 
@@ -60,22 +63,19 @@ def close_distributed(ctx: DistContext) -> None:
         dist.destroy_process_group()
 
 
-def mean_across(value: float, ctx: DistContext) -> float:
-    """The mean of ``value`` over all processes (the value itself in a single process)."""
+def log_across(loss: torch.Tensor, stop: bool, ctx: DistContext) -> tuple[float, bool]:
+    """(mean of ``loss`` over all processes, whether any process was asked to stop), in one all-reduce.
+
+    The only host synchronisation of a training iteration, so the trainer calls it on log iterations only; under
+    DDP a stop request is therefore acted on at the next log iteration, by every process at once.
+    """
     if not ctx.distributed:
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=ctx.device)
+        return float(loss.item()), stop
+    tensor = torch.stack([loss.detach().to(torch.float64), torch.tensor(float(stop), dtype=torch.float64,
+                                                                         device=loss.device)])
     dist.all_reduce(tensor)
-    return float(tensor.item()) / ctx.world_size
-
-
-def any_across(flag: bool, ctx: DistContext) -> bool:
-    """True when ``flag`` is set in any process, so that all processes stop at the same iteration."""
-    if not ctx.distributed:
-        return flag
-    tensor = torch.tensor([int(flag)], dtype=torch.int32, device=ctx.device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return bool(tensor.item())
+    total, stops = tensor.tolist()
+    return total / ctx.world_size, stops > 0
 
 
 def gather_objects(value: Any, ctx: DistContext) -> list[Any]:

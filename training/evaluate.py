@@ -4,7 +4,8 @@ Protocol (TSN's, configurable): ``positions`` (25) uniformly spaced positions pe
 or 10 crops (4 corners + centre, and their mirror images). STILT attends over segments, so one STILT view is one
 crop taken at all positions, which are its segments (25 segments instead of training's 3; the co-attention is
 defined for any number); a CoT-LSTM view is one crop at one position. Softmax scores are averaged over a video's
-views. Views go through the model ``chunk`` at a time, so 25 x 10 views never have to fit in memory at once.
+views. Views go through the model ``chunk`` at a time, so 25 x 10 views never have to fit in memory at once. The
+model runs as in training on CUDA (AMP mode, channels_last) and in full precision on the CPU.
 
 Outputs (``OUT`` is the score file's path without ``.npz``):
 
@@ -14,7 +15,8 @@ Outputs (``OUT`` is the score file's path without ``.npz``):
   2048-d feature of each stream; CoT-LSTM: FC-1's output and the LSTM's last hidden state);
 - ``OUT.per_class.csv``: videos and top-1 accuracy per class, for each stream, the model's fusion and ``--fusion``;
 - ``OUT.confusion.png``: the confusion matrix of the model's fused prediction over the ``confusion_top`` most
-  frequent classes, every other class grouped as "other" (the STILT paper's Fig. 5), rows normalised.
+  frequent classes, every other class grouped as "other" (the STILT paper's Fig. 5), rows normalised;
+- the accuracies as TensorBoard scalars in the run folder's ``tensorboard/`` when it has one (``monitor.py``).
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ from actrec.training.augment import AugmentParams, Box, eval_frames, eval_view, 
 from actrec.training.checkpoint import load_checkpoint
 from actrec.training.config import TrainConfig, apply_overrides
 from actrec.training.datasets import ClipSource, EvalVideos
-from actrec.training.models import MODEL_SPECS, STREAMS, ModelSpec, build_model, stream_logits
-from actrec.training.trainer import amp_dtype, autocast
+from actrec.training.models import MODEL_SPECS, STREAMS, ModelSpec, build_model, stream_logits, to_channels_last
+from actrec.training.monitor import TENSORBOARD, log_evaluation
+from actrec.training.trainer import autocast, inference_dtype
 
 
 @dataclass(frozen=True)
@@ -101,16 +104,20 @@ def evaluate(checkpoint: str | Path, output: str | Path, options: EvalOptions = 
     save_scores(output, scores)
     result = _report(scores, options, output)
     result.files.insert(0, output)
+    run_dir = Path(checkpoint).parent
+    if log_evaluation(run_dir, int(saved["iteration"]), options.split, result.rows):
+        log(f"evaluate: accuracies added to {run_dir / TENSORBOARD} at iteration {saved['iteration']}")
     return result
 
 
 def _load_model(config: TrainConfig, saved: dict, num_classes: int, device: torch.device, source: str) -> nn.Module:
+    """The checkpoint's model on ``device`` in eval mode, in the memory format training used there."""
     model = build_model(config, num_classes)
     try:
         model.load_state_dict(saved["model"])
     except RuntimeError as exc:
         raise InputError(f"{source}: weights do not fit the model its config describes ({exc})") from None
-    return model.to(device).eval()
+    return to_channels_last(model.to(device), device).eval()
 
 
 class _Scorer:
@@ -120,7 +127,7 @@ class _Scorer:
                  device: torch.device) -> None:
         self.model, self.spec, self.options, self.device = model, spec, options, device
         self.params = AugmentParams(crop=config.crop, resize=config.resize)
-        self.amp = amp_dtype(config.amp, device)
+        self.amp = inference_dtype(config.amp, device)  # full precision on the CPU, whatever training used
         self.sums: list[list[Tensor]] = []  # per video: rgb, flow, fused (and features)
         self._features: dict[str, Tensor] = {}
         if options.features:

@@ -1,10 +1,12 @@
 """The training loop of ``actrec train``: SGD with step decay, AMP, DDP, checkpoints and exact resume.
 
 Run folder: ``config.json`` (the resolved TrainConfig), ``checkpoint.pt`` (written every ``checkpoint_every``
-iterations, on SIGTERM/SIGINT and at the end; see ``actrec.training.checkpoint``) and ``metrics.csv`` (one row every
-``log_every`` iterations: iteration, loss, lr, clips_per_s, data_wait, elapsed_s). ``loss`` is the iteration's mean
-training loss over the global batch; ``data_wait`` the fraction of the logged iterations' time spent waiting for
-the DataLoader. A resumed run truncates the metrics after the checkpoint's iteration and appends.
+iterations, on SIGTERM/SIGINT and at the end; see ``actrec.training.checkpoint``), and every ``log_every``
+iterations a row of ``metrics.csv`` (iteration, loss, lr, clips_per_s, data_wait, elapsed_s) with the same values
+in ``tensorboard/`` when TensorBoard is installed, and ``loss.png`` at the end (``actrec.training.monitor``).
+``loss`` is the iteration's mean training loss over the global batch; ``data_wait`` the fraction of the logged
+iterations' time spent waiting for the DataLoader. Under DDP the loss is averaged over the processes on log
+iterations only (the iteration's one host synchronisation), when a stop request is also shared.
 
 Exact resume: model, optimizer, LR schedule, GradScaler and every generator (Python, NumPy, torch, CUDA) are
 restored, and the data order and each clip's augmentation are functions of the iteration (``distributed.py``), so on
@@ -15,7 +17,6 @@ starting it does not draw from the global one.
 from __future__ import annotations
 
 import contextlib
-import csv
 import random
 import signal
 import time
@@ -32,20 +33,21 @@ from tqdm import tqdm
 
 from actrec.data_manifests.manifest import class_names, read_manifest
 from actrec.errors import DeviceError, InputError
+from actrec.models.pretrained import resolve_weights
 from actrec.training.augment import AugmentParams
 from actrec.training.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from actrec.training.config import (TrainConfig, apply_overrides, check_resume, config_to_dict, save_config,
                                     validate_config)
 from actrec.training.datasets import ClipSource, TrainClips
-from actrec.training.distributed import (DistContext, StreamBatchSampler, any_across, close_distributed,
-                                         gather_objects, init_distributed, mean_across, quiet_worker)
+from actrec.training.distributed import (DistContext, StreamBatchSampler, close_distributed, gather_objects,
+                                         init_distributed, log_across, quiet_worker)
 from actrec.training.models import MODEL_SPECS, build_model, load_backbones, to_channels_last
+from actrec.training.monitor import MetricsRow, RunMonitor
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
-METRICS = "metrics.csv"
-METRIC_COLUMNS = ("iteration", "loss", "lr", "clips_per_s", "data_wait", "elapsed_s")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+BACKBONES = {"stilt": "resnet50", "cotlstm": "cotnet101"}  # each model's backbone, for --pretrained imagenet
 
 
 @dataclass
@@ -79,6 +81,12 @@ def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
     if mode == "fp16" and device.type != "cuda":
         raise DeviceError("--amp fp16 needs a CUDA device; use --amp bf16 or off on the CPU")
     return AMP_DTYPES.get(mode)
+
+
+def inference_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for scoring with a model trained under ``amp``: the training one on CUDA, none (full
+    precision) elsewhere, so that a model trained with --amp fp16 on GPUs is evaluated on any device."""
+    return amp_dtype(mode, device) if device.type == "cuda" else None
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -139,10 +147,11 @@ class _Run:
         if ctx.distributed:
             self.net = DistributedDataParallel(self.model, device_ids=[ctx.device.index]
                                                if ctx.device.type == "cuda" else None)
+        self.monitor: RunMonitor | None = None
         if ctx.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(run_dir / CONFIG, config)
-            _truncate_metrics(run_dir / METRICS, self.iteration)
+            self.monitor = RunMonitor(run_dir, self.iteration)
 
     def _checkpoint_to_resume(self, resume: bool) -> dict[str, Any] | None:
         path = self.run_dir / CHECKPOINT
@@ -159,7 +168,8 @@ class _Run:
     def _build_model(self, pretrained: bool) -> nn.Module:
         model = build_model(self.config, len(self.class_names))
         if pretrained and self.config.pretrained:
-            for line in load_backbones(model, self.config.pretrained):
+            weights = resolve_weights(self.config.pretrained, BACKBONES[self.config.model], progress=self.ctx.is_main)
+            for line in load_backbones(model, str(weights)):
                 if self.ctx.is_main:
                     self.log(line)
         if self.ctx.distributed and self.ctx.device.type == "cuda":
@@ -202,9 +212,10 @@ class _Run:
                 summary.clips += config.batch_size
                 bar.update(1)
                 if self.iteration % config.log_every == 0 or self.iteration == config.iterations:
-                    summary.last_loss = mean_across(loss.item(), ctx)  # synchronises: only on log iterations
+                    summary.last_loss, summary.interrupted = log_across(loss, stop.requested, ctx)  # host sync
                     self._log_metrics(summary.last_loss, lr, window, time.perf_counter() - start, bar)
-                summary.interrupted = any_across(stop.requested, ctx)
+                else:  # a single process stops at once; DDP processes learn of a stop at the next log iteration
+                    summary.interrupted = stop.requested and not ctx.distributed
                 if summary.interrupted or self.iteration % config.checkpoint_every == 0:
                     self._save()
                 if summary.interrupted:
@@ -212,6 +223,8 @@ class _Run:
             if not summary.interrupted and self.iteration % config.checkpoint_every:
                 self._save()
         bar.close()
+        if self.monitor is not None:
+            self.monitor.close()  # TensorBoard events flushed, loss.png drawn
         summary.iteration = self.iteration
         summary.elapsed = time.perf_counter() - start
         summary.data_wait = window.total_wait / max(summary.elapsed, 1e-9)
@@ -243,16 +256,9 @@ class _Run:
 
     def _log_metrics(self, loss: float, lr: float, window: "_Window", elapsed: float, bar: tqdm) -> None:
         clips_per_s, wait = window.read(self.config.batch_size)
-        if not self.ctx.is_main:
+        if self.monitor is None:
             return
-        row = [self.iteration, f"{loss:.6g}", f"{lr:.6g}", f"{clips_per_s:.2f}", f"{wait:.3f}", f"{elapsed:.1f}"]
-        path = self.run_dir / METRICS
-        new = not path.exists()
-        with path.open("a", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            if new:
-                writer.writerow(METRIC_COLUMNS)
-            writer.writerow(row)
+        self.monitor.log(MetricsRow(self.iteration, loss, lr, clips_per_s, wait, elapsed))
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2g}", clips_s=f"{clips_per_s:.1f}", wait=f"{100 * wait:.0f}%")
 
     def _save(self) -> None:
@@ -299,17 +305,6 @@ def _seed_generators(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _truncate_metrics(path: Path, iteration: int) -> None:
-    """Drop metrics rows after ``iteration`` (left by a run that went on past its last checkpoint)."""
-    if not path.exists():
-        return
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
-    kept = [rows[0]] + [row for row in rows[1:] if int(row[0]) <= iteration]
-    with path.open("w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows(kept)
 
 
 class _Window:

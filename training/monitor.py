@@ -1,0 +1,145 @@
+"""What a training run shows while it runs and leaves in its folder: metrics.csv, TensorBoard events, a loss plot.
+
+- ``metrics.csv``: one row per log iteration (``METRIC_COLUMNS``); a resumed run drops the rows after its
+  checkpoint's iteration and appends.
+- ``tensorboard/``: the same values as TensorBoard scalars (``train/loss``, ``train/lr``, ``train/clips_per_s``,
+  ``train/data_wait``) when the optional ``tensorboard`` package is installed (``pip install actrec[tensorboard]``);
+  a resumed run purges the events after its checkpoint. ``evaluate`` adds its accuracies there
+  (``eval/SPLIT/ROW/top1`` ...) at the checkpoint's iteration. View with ``tensorboard --logdir RUN``.
+- ``loss.png``: the training loss (and the learning rate) against the iteration, drawn from metrics.csv at the end
+  of every run, also an interrupted one; matplotlib only.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from dataclasses import astuple, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from actrec.fusion.report import AccuracyRow
+
+METRICS = "metrics.csv"
+TENSORBOARD = "tensorboard"
+LOSS_PLOT = "loss.png"
+
+
+@dataclass(frozen=True)
+class MetricsRow:
+    """One log iteration's values (loss: mean over the global batch; data_wait: fraction of the window's time)."""
+
+    iteration: int
+    loss: float
+    lr: float
+    clips_per_s: float
+    data_wait: float
+    elapsed_s: float
+
+    def cells(self) -> list[str]:
+        return [str(self.iteration), f"{self.loss:.6g}", f"{self.lr:.6g}", f"{self.clips_per_s:.2f}",
+                f"{self.data_wait:.3f}", f"{self.elapsed_s:.1f}"]
+
+
+METRIC_COLUMNS = tuple(MetricsRow.__dataclass_fields__)
+SCALARS = ("loss", "lr", "clips_per_s", "data_wait")  # the TensorBoard scalars, under train/
+
+
+def summary_writer(log_dir: Path, purge_step: int | None = None) -> Any | None:
+    """A TensorBoard ``SummaryWriter`` on ``log_dir``, or None when the tensorboard package is not installed.
+
+    Imported here, not at module level: importing TensorBoard takes seconds, and only a run that logs needs it.
+    ``purge_step`` drops events at and after that step (those of a run resumed from an earlier checkpoint).
+    """
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # the optional extra is absent: metrics.csv and loss.png only
+        return None
+    return SummaryWriter(str(log_dir), purge_step=purge_step)
+
+
+class RunMonitor:
+    """Writes a run's metrics rows (CSV and TensorBoard) and, on ``close``, its loss plot. Rank 0 only."""
+
+    def __init__(self, run_dir: Path, start_iteration: int) -> None:
+        self.run_dir = run_dir
+        truncate_metrics(run_dir / METRICS, start_iteration)
+        self.writer = summary_writer(run_dir / TENSORBOARD, purge_step=start_iteration + 1 if start_iteration
+                                     else None)
+
+    def log(self, row: MetricsRow) -> None:
+        path = self.run_dir / METRICS
+        new = not path.exists()
+        with path.open("a", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow(METRIC_COLUMNS)
+            writer.writerow(row.cells())
+        if self.writer is not None:
+            for name in SCALARS:
+                self.writer.add_scalar(f"train/{name}", getattr(row, name), row.iteration)
+
+    def close(self) -> None:
+        """Flush the events and draw ``loss.png`` from every row of metrics.csv."""
+        if self.writer is not None:
+            self.writer.close()
+        plot_loss(self.run_dir / METRICS, self.run_dir / LOSS_PLOT)
+
+
+def read_metrics(path: Path) -> list[MetricsRow]:
+    """The rows of a metrics.csv (none when it does not exist yet)."""
+    if not path.exists():
+        return []
+    with path.open(newline="", encoding="utf-8") as f:
+        return [MetricsRow(int(r["iteration"]), *(float(r[c]) for c in METRIC_COLUMNS[1:])) for r in csv.DictReader(f)]
+
+
+def truncate_metrics(path: Path, iteration: int) -> None:
+    """Drop metrics rows after ``iteration`` (left by a run that went on past its last checkpoint)."""
+    kept = [row for row in read_metrics(path) if row.iteration <= iteration]
+    if not path.exists():
+        return
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(METRIC_COLUMNS)
+        writer.writerows(row.cells() for row in kept)
+
+
+def plot_loss(metrics: Path, out: Path) -> None:
+    """The training loss (top) and learning rate (bottom) against the iteration, as a PNG; nothing without rows."""
+    rows = read_metrics(metrics)
+    if not rows:
+        return
+    iterations, loss, lr = zip(*((r.iteration, r.loss, r.lr) for r in rows))
+    figure = Figure(figsize=(6, 4.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    top.plot(iterations, loss, marker="." if len(rows) < 50 else None)
+    top.set(ylabel="training loss", title=f"{out.parent.name}: {len(rows)} log points")
+    top.grid(alpha=0.3)
+    bottom.plot(iterations, lr, color="tab:orange", drawstyle="steps-post")
+    bottom.set(xlabel="iteration", ylabel="lr")
+    bottom.grid(alpha=0.3)
+    figure.savefig(out, dpi=100)
+
+
+def log_evaluation(run_dir: Path, iteration: int, split: str, rows: Sequence[AccuracyRow]) -> bool:
+    """Add an evaluation's accuracies to the run's TensorBoard events at ``iteration``; False (nothing written)
+    when nothing is labelled, the run has no writable TensorBoard folder or tensorboard is not installed."""
+    folder = run_dir / TENSORBOARD
+    if not rows or not folder.is_dir() or not os.access(folder, os.W_OK):
+        return False
+    writer = summary_writer(folder)
+    if writer is None:
+        return False
+    with writer:
+        for row in rows:
+            name, *values = astuple(row)
+            tag = re.sub(r"[^\w.-]+", "_", name).strip("_")  # "fusion (awf)" -> fusion_awf
+            for metric, value in zip(("top1", "top5", "mean_class"), values):
+                writer.add_scalar(f"eval/{split}/{tag}/{metric}", value, iteration)
+    return True
