@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from actrec.cli import cli
 from actrec.errors import DeviceError, InputError
 from actrec.pipeline import tvl1 as T
+from actrec.pipeline.tvl1 import ops, solver
 from actrec.pipeline.flow_opencv import opencv_tvl1_flow
 from actrec.pipeline.flowio import read_flo, read_gray_image
 from actrec.pipeline.tvl1 import TVL1Params, to_gray, tvl1_flow
@@ -244,10 +245,10 @@ def test_cuda_schedule_gives_the_cpu_result(small_pairs, monkeypatch):
     bit for bit, so the scheduling that CUDA uses is exercised even where no GPU is."""
     img0, img1 = small_pairs
     cpu_default = tvl1_flow(img0, img1)
-    monkeypatch.setattr(T, "solve_level", functools.partial(T.solve_level, sync_inner=False))
+    monkeypatch.setattr(solver, "solve_level", functools.partial(solver.solve_level, sync_inner=False))
     compactions = []
-    take = T._take
-    monkeypatch.setattr(T, "_take", lambda d, idx: compactions.append(len(idx)) or take(d, idx))
+    take = solver._take
+    monkeypatch.setattr(solver, "_take", lambda d, idx: compactions.append(len(idx)) or take(d, idx))
     cuda_schedule = tvl1_flow(img0, img1, compile=False, chunk=len(img0))
     assert torch.equal(cpu_default, cuda_schedule)
     assert compactions and min(compactions) < len(img0)  # converged pairs were dropped from the batch
@@ -300,7 +301,7 @@ def test_median_blur_is_cv_median_blur(ksize):
     u[:, 10:20, 10:30] = 0.25  # ties
     ref = np.stack([cv2.medianBlur(x, ksize) for x in u])
     assert np.array_equal(T.median_blur(torch.from_numpy(u), ksize).numpy(), ref)
-    assert np.array_equal(T._median_sort(torch.from_numpy(u), ksize).numpy(), ref)  # the path for ksize > 5
+    assert np.array_equal(ops._median_sort(torch.from_numpy(u), ksize).numpy(), ref)  # the path for ksize > 5
 
 
 def test_to_gray_matches_cv_cvtcolor():
