@@ -13,7 +13,9 @@ from actrec.pipeline.tvl1.ops import divergence, forward_gradient
 def _dual_f(u: torch.Tensor, px: torch.Tensor, py: torch.Tensor, taut: float):
     """estimateDualVariables for one flow component: p = (p + taut grad u) / (1 + taut |grad u|)."""
     ux, uy = forward_gradient(u)
-    ng = 1.0 + taut * torch.hypot(ux, uy)  # correctly rounded, like the hypot OpenCV calls
+    # correctly rounded on the CPU, like the hypot OpenCV calls (torch's vector path differs on subnormal inputs);
+    # on CUDA torch.hypot is hypotf, off by up to a few ulp, so the CUDA result is not bit-identical to the CPU one
+    ng = 1.0 + taut * torch.hypot(ux, uy)
     return (px + taut * ux) / ng, (py + taut * uy) / ng
 
 

@@ -141,29 +141,33 @@ def remap_cubic(src: torch.Tensor, map_x: torch.Tensor, map_y: torch.Tensor) -> 
     n, c, h, w = src.shape
     oh, ow = map_x.shape[-2:]
     lim = float(1 << 22)  # far outside any image; keeps the int conversion defined for wild flows
-    fx = map_x.clamp(-lim, lim)
-    fy = map_y.clamp(-lim, lim)
+    fx = map_x.clamp(-lim, lim).expand(n, oh, ow)
+    fy = map_y.clamp(-lim, lim).expand(n, oh, ow)
     x0 = torch.floor(fx)
     y0 = torch.floor(fy)
-    cx = [k.unsqueeze(1) for k in _cubic_weights(fx - x0)]
-    cy = [k.unsqueeze(1) for k in _cubic_weights(fy - y0)]
-    ix = x0.to(torch.int64) - 1  # first tap
-    iy = y0.to(torch.int64) - 1
-    # zero-padded source: any tap outside [0, W) x [0, H) is clamped onto the zero border
-    pw = w + 2
-    padded = F.pad(src, (1, 1, 1, 1)).reshape(n, c, (h + 2) * pw)
-    xs = [(ix + k).clamp_(-1, w).add_(1) for k in range(4)]
-    ys = [(iy + k).clamp_(-1, h).add_(1).mul_(pw) for k in range(4)]
+    cx = [k.reshape(-1, 1) for k in _cubic_weights(fx - x0)]
+    cy = [k.reshape(-1, 1) for k in _cubic_weights(fy - y0)]
+    # zero-padded source, one row of c values per pixel: any tap outside [0, W) x [0, H) is clamped onto the
+    # zero border. Indices are int32 (int64 only past 2^31 padded pixels) and made one tap at a time, so the
+    # remap's peak is a few planes per pixel, not the 16 int64 index planes a gather per tap would hold.
+    pw, plane = w + 2, (h + 2) * (w + 2)
+    flat = F.pad(src, (1, 1, 1, 1)).permute(0, 2, 3, 1).reshape(n * plane, c)
+    itype = torch.int32 if n * plane < 2**31 else torch.int64
+    ix = x0.to(itype).sub_(1)  # first tap
+    iy = y0.to(itype).sub_(1)
+    del fx, fy, x0, y0
+    first = (torch.arange(n, device=src.device, dtype=itype) * plane).view(n, 1, 1)
     total = None
     for ky in range(4):
+        rows = (iy + ky).clamp_(-1, h).add_(1).mul_(pw).add_(first)
         row = None
         for kx in range(4):
-            idx = (ys[ky] + xs[kx]).reshape(n, 1, oh * ow).expand(n, c, oh * ow)
-            val = torch.gather(padded, 2, idx).reshape(n, c, oh, ow) * cx[kx]
+            idx = (ix + kx).clamp_(-1, w).add_(1).add_(rows).reshape(-1)
+            val = flat.index_select(0, idx) * cx[kx]
             row = val if row is None else row + val
         row = row * cy[ky]
         total = row if total is None else total + row
-    return total
+    return total.view(n, oh, ow, c).permute(0, 3, 1, 2).contiguous()
 
 
 # ----------------------------------------------------------------------------------------------------------------
