@@ -79,16 +79,21 @@ def _random_state(n: int, h: int, w: int):
     return (r(2.0), r(2.0), r(0.3), r(0.3), r(0.3), r(0.3)), consts, scalars
 
 
-def _compare_block(state, consts, scalars, active) -> bool:
+def _to(tensors, dev: str):
+    return tuple(t.to(dev) if isinstance(t, torch.Tensor) else t for t in tensors)
+
+
+def _compare_block(state, consts, scalars, active, dev: str = "cpu") -> bool:
+    """Three fused iterations on ``dev`` against three reference iterations on the CPU: bit-identical?"""
     from actrec.pipeline.tvl1 import triton_step
     from actrec.pipeline.tvl1.iteration import _block2
 
     ref = _block2(*state, *consts, active, *scalars, 3)
-    got = triton_step.block2(*state, *consts, active, *scalars, 3)
-    return all(torch.equal(a, b) for a, b in zip(ref, got))
+    got = triton_step.block2(*_to(state, dev), *_to(consts, dev), active.to(dev), *_to(scalars, dev), 3)
+    return all(torch.equal(a, b.cpu()) for a, b in zip(ref, got))
 
 
-def _error_sums(state, consts, scalars):
+def _error_sums(state, consts, scalars, dev: str = "cpu"):
     """Per-pair errors of one fused step for the batch and for each pair alone, and PyTorch's float64 sums."""
     from actrec.pipeline.tvl1 import triton_step
     from actrec.pipeline.tvl1.iteration import _step2
@@ -97,10 +102,11 @@ def _error_sums(state, consts, scalars):
     l_t, theta, taut, eps = scalars
 
     def step(rows):
-        sub = tuple(t[rows].contiguous() for t in state)
+        sub = tuple(t[rows].contiguous().to(dev) for t in state)
         out = tuple(torch.empty_like(t) for t in sub)
-        return triton_step.fused_step(sub, out, *(t[rows].contiguous() for t in consts),
-                                      torch.ones(len(rows), dtype=torch.bool), l_t, theta, taut, eps.reshape(1))
+        return triton_step.fused_step(sub, out, *(t[rows].contiguous().to(dev) for t in consts),
+                                      torch.ones(len(rows), dtype=torch.bool, device=dev), l_t, theta, taut,
+                                      eps.reshape(1).to(dev)).cpu()
 
     batch = step(list(range(n)))
     alone = torch.cat([step([i]) for i in range(n)])
@@ -114,19 +120,20 @@ def _hypot_kernel(a_ptr, b_ptr, o_ptr, N: tl.constexpr):
     tl.store(o_ptr + offs, _hypot(tl.load(a_ptr + offs), tl.load(b_ptr + offs)))
 
 
-def _hypot_equal() -> bool:
+def _hypot_equal(dev: str = "cpu") -> bool:
     g = torch.Generator().manual_seed(1)
     a = torch.randn(4096, generator=g) * torch.exp(torch.randn(4096, generator=g) * 8)
     b = torch.randn(4096, generator=g) * torch.exp(torch.randn(4096, generator=g) * 8)
     a[:4] = torch.tensor([0.0, -0.0, 3.0, 1e-38])  # the last one subnormal (torch.hypot's vector path differs)
     b[:4] = torch.tensor([0.0, 0.0, 4.0, 1e-38])
-    out = torch.empty_like(a)
-    _hypot_kernel[(1,)](a, b, out, N=4096, enable_fp_fusion=False)
+    out = torch.empty_like(a, device=dev)
+    _hypot_kernel[(1,)](a.to(dev), b.to(dev), out, N=4096, enable_fp_fusion=False)
+    out = out.cpu()
     exact = np.hypot(a.double().numpy(), b.double().numpy()).astype(np.float32)  # correctly rounded
     return bool(np.array_equal(out.numpy(), exact))
 
 
-def _warp_checks(img0: np.ndarray, img1: np.ndarray) -> dict:
+def _warp_checks(img0: np.ndarray, img1: np.ndarray, dev: str = "cpu") -> dict:
     from actrec.pipeline.tvl1.ops import centered_gradient, median_blur, remap_cubic
     from actrec.pipeline.tvl1.triton_warp import median_blur_triton, remap_cubic_triton
 
@@ -141,11 +148,17 @@ def _warp_checks(img0: np.ndarray, img1: np.ndarray) -> dict:
     rand_src = torch.rand(n, 3, h, w, generator=g) * 255
     u = torch.randn(n, h, w, generator=g)
     u[:, 5:10, 5:20] = 0.25  # ties
+    def remap(s):
+        return remap_cubic_triton(s.to(dev), mx.to(dev), my.to(dev)).cpu()
+
+    def median(x, k):
+        return median_blur_triton(x.to(dev), k).cpu()
+
     return {
-        "remap_real": torch.equal(remap_cubic(src, mx, my), remap_cubic_triton(src, mx, my)),
-        "remap_random": torch.equal(remap_cubic(rand_src, mx, my), remap_cubic_triton(rand_src, mx, my)),
-        "median_random": all(torch.equal(median_blur(u, k), median_blur_triton(u, k)) for k in (3, 5)),
-        "median_real": torch.equal(median_blur(src[:, 1], 5), median_blur_triton(src[:, 1], 5)),
+        "remap_real": torch.equal(remap_cubic(src, mx, my), remap(src)),
+        "remap_random": torch.equal(remap_cubic(rand_src, mx, my), remap(rand_src)),
+        "median_random": all(torch.equal(median_blur(u, k), median(u, k)) for k in (3, 5)),
+        "median_real": torch.equal(median_blur(src[:, 1], 5), median(src[:, 1], 5)),
     }
 
 
@@ -226,6 +239,22 @@ def test_median_equals_reference(checks):
 def test_triton_solver_equals_cpu_solver_on_real_crops(checks):
     assert checks["solver_equal"]
     assert checks["solver_moving"] > 0.1 and checks["solver_identical_zero"] == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+def test_kernels_on_cuda_equal_cpu_references(videos_dir: Path):
+    """On a GPU: FMA contraction off, IEEE division and float64 square root make each kernel bit-identical to
+    the PyTorch reference on the CPU, and the per-pair error sum independent of the batch."""
+    img0, img1 = _real_crops(videos_dir)
+    found = {"hypot": _hypot_equal("cuda")}
+    state, consts, scalars = _random_state(3, 21, 37)
+    found["step_random"] = _compare_block(state, consts, scalars, torch.tensor([True, False, True]), "cuda")
+    state, consts, scalars = _iteration_state(img0, img1, warm=4)
+    found["step_real"] = _compare_block(state, consts, scalars, torch.ones(3, dtype=torch.bool), "cuda")
+    batch, alone, ref = _error_sums(state, consts, scalars, "cuda")
+    found["error_batch_equal"] = torch.equal(batch, alone)
+    found.update(_warp_checks(img0, img1, "cuda"))
+    assert all(found.values()), found
 
 
 if __name__ == "__main__":

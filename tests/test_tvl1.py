@@ -34,8 +34,20 @@ FIRST_FRAME = 30
 SIZE = (340, 256)
 
 
+def prepared() -> dict | None:
+    """The frames and OpenCV flows that benchmarks/prepare_device_check.py saved (``ACTREC_TVL1_PREPARED``: an
+    .npz), for machines without PyAV or opencv-contrib (the GPU we borrow); None when not set."""
+    import os
+
+    path = os.environ.get("ACTREC_TVL1_PREPARED")
+    return dict(np.load(path)) if path else None
+
+
 def gray_frames(path: Path, start: int, count: int) -> np.ndarray:
     """Decode ``count`` frames from ``start`` with PyAV, as 340x256 grayscale (OpenCV's RGB->gray)."""
+    saved = prepared()
+    if saved is not None:
+        return saved[f"{path.name}:{start}:{count}"]
     import av
 
     out = []
@@ -78,7 +90,8 @@ def parity_data(videos_dir: Path):
         img1.extend(frames[1:])
         names.extend(f"{clip}:{FIRST_FRAME + i}->{FIRST_FRAME + i + 1}" for i in range(PAIRS_PER_CLIP))
     img0, img1 = np.stack(img0), np.stack(img1)
-    ref = opencv_tvl1_flow(img0, img1, TVL1Params(), workers=2).numpy()
+    saved = prepared()
+    ref = saved["opencv_flow"] if saved is not None else opencv_tvl1_flow(img0, img1, TVL1Params(), workers=2).numpy()
     ours = tvl1_flow(img0, img1, TVL1Params()).numpy()
     return names, img0, img1, ref, ours
 
@@ -99,11 +112,15 @@ def test_parity_with_opencv_on_real_clips(parity_data):
 
 
 @needs_cuda
-def test_parity_with_opencv_on_real_clips_cuda(parity_data):
+@pytest.mark.parametrize("kernels", ["triton", "torch"])
+def test_parity_with_opencv_on_real_clips_cuda(parity_data, kernels):
+    """On CUDA the result is held to OpenCV's criterion, not bit equality with the CPU: torch.hypot is CUDA's
+    hypotf there (a few ulp), and the iteration amplifies last-bit differences on some pairs."""
     names, img0, img1, ref, ours_cpu = parity_data
-    flow = tvl1_flow(img0, img1, TVL1Params(), device="cuda")
+    flow = tvl1_flow(img0, img1, TVL1Params(), device="cuda", kernels=kernels)
     assert flow.device.type == "cuda"
     check_parity(names, flow.cpu().numpy(), ref)
+    check_parity(names, flow.cpu().numpy(), ours_cpu)  # and close to the CPU solver by the same measure
 
 
 # --- ground truth: EPE of ours is at most 1.02x OpenCV's on every flow_gt pair ---------------------------------
@@ -236,6 +253,8 @@ def test_batch_results_equal_one_by_one(small_pairs):
 
 @needs_cuda
 def test_batch_results_equal_one_by_one_cuda(small_pairs):
+    """The default CUDA kernels (Triton) sum each pair's error in a fixed order: a pair's flow is bit-identical
+    whatever its batch. (The eager PyTorch kernels on CUDA may reduce in a batch-dependent order.)"""
     check_batch_equals_single(*small_pairs, "cuda")
 
 
