@@ -74,6 +74,7 @@ def solve_level(
         kernels = get_kernels(default_kernels(dev), _default_compile(dev))
     I1x, I1y = centered_gradient(I1)
     src = torch.stack([I1, I1x, I1y], 1)
+    del I1x, I1y  # only the stacked copy lives on: the peak memory is counted per pixel
     grid_x = torch.arange(w, device=dev, dtype=torch.float32).expand(h, w)
     grid_y = torch.arange(h, device=dev, dtype=torch.float32)[:, None].expand(h, w)
     names = _STATE3 if c.use_gamma else _STATE2

@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from actrec.errors import InputError
+from actrec.pipeline.tvl1.triton_step import _interpreting
 
 REMAP_BLOCK = 256  # output pixels per program
 MEDIAN_BLOCK = 128  # output pixels per program
@@ -116,6 +117,12 @@ def _median_kernel(u_ptr, out_ptr, H, W, K: tl.constexpr, WIN: tl.constexpr, LOG
 # launchers
 
 
+def _pixels_per_program(hw: int, gpu_block: int) -> int:
+    """``gpu_block`` on the GPU; under the interpreter, where each program costs a Python call, one program per
+    small image (up to 4096 pixels)."""
+    return min(triton.next_power_of_2(hw), 4096) if _interpreting() else gpu_block
+
+
 def remap_cubic_triton(src: torch.Tensor, map_x: torch.Tensor, map_y: torch.Tensor) -> torch.Tensor:
     """:func:`~actrec.pipeline.tvl1.ops.remap_cubic` in one kernel: ``src`` float32 ``(N, C, H, W)`` sampled at
     the absolute source coordinates ``map_x``/``map_y`` ``(N, H', W')``, OpenCV's cubic, 0 outside."""
@@ -124,9 +131,10 @@ def remap_cubic_triton(src: torch.Tensor, map_x: torch.Tensor, map_y: torch.Tens
     if (oh, ow) != (h, w):
         raise InputError(f"the Triton remap keeps the size: maps {(oh, ow)} for a {(h, w)} image")
     out = torch.empty_like(src)
-    grid = (n, triton.cdiv(h * w, REMAP_BLOCK))
+    block = _pixels_per_program(h * w, REMAP_BLOCK)
+    grid = (n, triton.cdiv(h * w, block))
     _remap_kernel[grid](src.contiguous(), map_x.expand(n, h, w).contiguous(), map_y.expand(n, h, w).contiguous(),
-                        out, h, w, C=c, BLOCK=REMAP_BLOCK, enable_fp_fusion=False)
+                        out, h, w, C=c, BLOCK=block, enable_fp_fusion=False)
     return out
 
 
@@ -135,7 +143,8 @@ def median_blur_triton(u: torch.Tensor, ksize: int, *_network) -> torch.Tensor:
     comparator network) are accepted and unused, so the kernel sets share one call signature."""
     n, h, w = u.shape
     out = torch.empty_like(u)
-    grid = (n, triton.cdiv(h * w, MEDIAN_BLOCK))
+    block = _pixels_per_program(h * w, MEDIAN_BLOCK)
+    grid = (n, triton.cdiv(h * w, block))
     win = triton.next_power_of_2(ksize * ksize)
-    _median_kernel[grid](u.contiguous(), out, h, w, K=ksize, WIN=win, LOG=win.bit_length() - 1, BLOCK=MEDIAN_BLOCK)
+    _median_kernel[grid](u.contiguous(), out, h, w, K=ksize, WIN=win, LOG=win.bit_length() - 1, BLOCK=block)
     return out
