@@ -108,7 +108,9 @@ def main() -> None:
     text = table(rows)
     print(text)
     if os.environ.get("OUT"):
-        Path(os.environ["OUT"], "tvl1_table.md").write_text(text + "\n")
+        out = Path(os.environ["OUT"])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "tvl1_table.md").write_text(text + "\n")
 
 
 if __name__ == "__main__":
