@@ -13,6 +13,7 @@ peak, measured (:func:`peak_tensor_bytes`) for each kernel set; callers size bat
 
 from __future__ import annotations
 
+import math
 import weakref
 from typing import Callable
 
@@ -105,13 +106,16 @@ def peak_tensor_bytes(fn: Callable[[], object]) -> int:
     return mode.peak
 
 
-# Peak bytes per pixel (of the finest level) per pair, measured with peak_tensor_bytes on the CUDA schedule at
-# 340x256 and OpenCV's defaults (benchmarks/bench_flow.py --memory; tests/test_tvl1_floor.py checks the bound).
-_MEASURED_BYTES_PER_PIXEL_PAIR = {"torch": 304, "triton": 304}
+# Peak bytes per pixel (of the finest level) per pair, measured with peak_tensor_bytes on the CUDA schedule, default
+# pyramid, 2 real-sized pairs (benchmarks/bench_flow.py --memory; benchmarks/RESULTS.md): PyTorch kernels 240 at
+# 340x256 (280 before the remap's int32 rewrite), Triton kernels 152 at 128x96 (under TRITON_INTERPRET=1).
+_MEASURED_BYTES_PER_PIXEL_PAIR = {"torch": 240, "triton": 152}
+_HEADROOM = 1.1  # the CUDA caching allocator rounds blocks up and fragments; not measured on a GPU
 
 
 def bytes_per_pixel_pair(params: TVL1Params = TVL1Params(), kernels: str = "triton") -> int:
-    """Device memory the solver needs per pixel per pair at its peak, for batches sized by pixels: a batch of N
-    pairs of H x W needs about ``N * H * W * bytes_per_pixel_pair(...)`` bytes. The gamma term adds 3 planes."""
+    """Device memory the solver needs per pixel per pair at its peak, for sizing batches by pixels: a batch of N
+    pairs of H x W needs about ``N * H * W * bytes_per_pixel_pair(params, kernels)`` bytes. The measured peak
+    plus 10% headroom; the gamma term (not OpenCV's default) adds its three planes (u3, p31, p32) and their copies."""
     extra = 3 * 4 * 3 if params.gamma != 0 else 0
-    return _MEASURED_BYTES_PER_PIXEL_PAIR[kernels] + extra
+    return math.ceil(_MEASURED_BYTES_PER_PIXEL_PAIR[kernels] * _HEADROOM) + extra
