@@ -352,6 +352,10 @@ def test_input_errors():
     if not CUDA:
         with pytest.raises(DeviceError, match="CUDA"):
             tvl1_flow(a, a, device="cuda")
+        with pytest.raises(DeviceError, match="triton"):
+            tvl1_flow(a, a, kernels="triton")
+    with pytest.raises(InputError, match="kernels"):
+        tvl1_flow(a, a, kernels="cuda")
 
 
 def test_initial_flow_is_used_like_opencv():

@@ -3,6 +3,8 @@ running whichever kernel set :mod:`.backend` provides (PyTorch eager/compiled, o
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
@@ -218,6 +220,8 @@ def _run(img0, img1, params: TVL1Params, initial_flow, device, compile, chunk, k
     flow0 = _initial_flow(initial_flow, params, n, h, w, dev)
     kset = get_kernels(kernels or default_kernels(dev), _default_compile(dev) if compile is None else bool(compile),
                        log)
+    if kset.name == "triton" and dev.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        raise DeviceError(f"kernels='triton' runs on CUDA (or on the CPU under TRITON_INTERPRET=1), not on {dev}")
     if chunk is None:
         chunk = _CPU_CHUNK if dev.type == "cpu" else n
     chunk = max(1, int(chunk))
