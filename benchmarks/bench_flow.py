@@ -5,6 +5,8 @@ pairs/s of each, the ratio, and parity (fraction of pixels within 0.1 px of Open
 CUDA batch sizes run when CUDA is available; otherwise the script says so.
 
     .venv/bin/python benchmarks/bench_flow.py [--pairs-per-clip 4] [--threads N] [--variants]
+    .venv/bin/python benchmarks/bench_flow.py --floor     # work counts and the H200 memory-bound floor
+    .venv/bin/python benchmarks/bench_flow.py --memory    # peak bytes per pixel per pair of each kernel set
 
 ``--variants`` also times our solver eager (no torch.compile) and with 1 intra-op thread, to report the effect of
 each CPU speed-up. The first compiled call's compile time is reported separately (it is paid once per process).
@@ -27,6 +29,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from actrec.pipeline.flow_opencv import opencv_tvl1_flow  # noqa: E402
 from actrec.pipeline.tvl1 import TVL1Params, tvl1_flow  # noqa: E402
+from actrec.pipeline.tvl1 import floor  # noqa: E402
 
 CLIPS = ("kinetics_arm_wrestling.mp4", "kinetics_clean_and_jerk.mp4", "kinetics_pool_cleaning.mp4",
          "kinetics_skateboarding.mp4", "kinetics_tai_chi.mp4")
@@ -71,11 +74,48 @@ def timed(fn):
     return out, time.perf_counter() - t
 
 
+def report_floor(a: np.ndarray, b: np.ndarray) -> None:
+    """Per pair, the inner iterations and pixel-iterations per pyramid level after per-pair stopping; then the
+    bytes per fused iteration and the memory-bound floor on the H200."""
+    params = TVL1Params()
+    steps, sizes = floor.iteration_counts(a, b, params)
+    pix = floor.pixel_iterations(steps, sizes)
+    levels = " ".join(f"{h}x{w}" for h, w in sizes)
+    print(f"levels (finest first): {levels}; at most {params.warps * params.outer_iterations * params.inner_iterations}"
+          " inner iterations per level")
+    for i, (s, p) in enumerate(zip(steps, pix)):
+        print(f"pair {i:2d}: iterations per level {' '.join(f'{v:5d}' for v in s)}  "
+              f"pixel-iterations {p.sum() / 1e6:7.2f} M")
+    mean = float(pix.sum(1).mean())
+    print(f"mean pixel-iterations per pair: {mean / 1e6:.2f} M ({pix.mean(0).round().astype(int).tolist()} per level);"
+          f" {floor.BYTES_PER_ITERATION} bytes per pixel per fused iteration")
+    print(f"memory-bound floor at {floor.H200_COPY_BANDWIDTH / 1e12:.1f} TB/s: "
+          f"{floor.floor_pairs_per_s(mean):.0f} pairs/s (one pass per iteration)", flush=True)
+
+
+def report_memory(a: np.ndarray, b: np.ndarray) -> None:
+    """Peak tensor bytes per pixel per pair of the CUDA schedule (whole batch, one host check per outer
+    iteration), measured on the CPU, for each kernel set (Triton under TRITON_INTERPRET=1 only)."""
+    import functools
+
+    from actrec.pipeline.tvl1 import solver
+
+    solver.solve_level = functools.partial(solver.solve_level, sync_inner=False)
+    params = TVL1Params(warps=1, outer_iterations=2, inner_iterations=2)  # the peak is the finest level's layout
+    kinds = ["torch", "triton"] if os.environ.get("TRITON_INTERPRET") == "1" else ["torch"]
+    n, h, w = a.shape
+    for kind in kinds:
+        peak = floor.peak_tensor_bytes(lambda: tvl1_flow(a, b, params, compile=False, chunk=n, kernels=kind))
+        print(f"{kind}: peak {peak / (n * h * w):.0f} bytes per pixel per pair ({n} pairs {w}x{h})", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs-per-clip", type=int, default=4)
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="cores for both (OpenCV processes, torch threads)")
     ap.add_argument("--variants", action="store_true", help="also time eager mode and 1 thread")
+    ap.add_argument("--floor", action="store_true", help="only count the work and print the H200 floor")
+    ap.add_argument("--memory", action="store_true", help="only measure peak bytes per pixel per pair (2 pairs)")
     ap.add_argument("--data", default=os.environ.get("ACTREC_SHARED_DATA", str(REPO.parent / "shared" / "data")))
     args = ap.parse_args()
     cores = args.threads
@@ -83,6 +123,10 @@ def main() -> None:
     a, b = load_pairs(Path(args.data) / "videos", args.pairs_per_clip)
     n = len(a)
     params = TVL1Params()
+    if args.floor or args.memory:
+        print(f"{n} pairs 340x256; load avg {os.getloadavg()[0]:.2f}", flush=True)
+        report_floor(a, b) if args.floor else report_memory(a[:2], b[:2])
+        return
     print(f"{n} pairs 340x256 from {len(CLIPS)} clips; {cores} cores ({platform.processor() or platform.machine()}, "
           f"torch {torch.__version__}, load avg {os.getloadavg()[0]:.2f})", flush=True)
 

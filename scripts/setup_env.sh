@@ -9,4 +9,5 @@ python3 -m venv .venv
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     .venv/bin/python -m pip install -q "torch==2.13.0"
 fi
-.venv/bin/python -m pip install -q -e ".[test,tensorboard]"
+# gpu: triton, whose kernel tests run on the CPU too (TRITON_INTERPRET=1)
+.venv/bin/python -m pip install -q -e ".[test,tensorboard,gpu]"

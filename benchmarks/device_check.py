@@ -1,0 +1,117 @@
+"""GPU TV-L1 throughput and parity, from the inputs prepare_device_check.py saved (no PyAV, no opencv-contrib).
+
+For each solver path (``triton``: the fused Triton kernels; ``eager``: plain PyTorch; ``compile``: PyTorch fused
+by ``torch.compile``) and batch size, the 20 real 340x256 pairs are repeated up to the batch, solved once after
+a warm-up (compilation excluded, reported apart), and timed: pairs/s, and parity with OpenCV's flows (fraction
+of pixels within 0.1 px, overall and worst pair; a pair's flow does not depend on its batch, so the first 20
+flows stand for all). A path whose run exceeds ``--budget`` seconds skips its larger batches. Ends with a table.
+
+    python benchmarks/device_check.py --data .device_check/prepared.npz [--batches 64 256 1024]
+    TRITON_INTERPRET=1 python benchmarks/device_check.py --tiny      # dry run on the CPU (crops, few iterations)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from actrec.pipeline.tvl1 import TVL1Params, tvl1_flow
+
+PATHS = {"triton": dict(kernels="triton"), "eager": dict(kernels="torch", compile=False),
+         "compile": dict(kernels="torch", compile=True)}
+
+
+def parity(flow: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    within = np.sqrt(((flow - ref) ** 2).sum(-1)) < 0.1
+    return float(within.mean()), float(within.reshape(len(flow), -1).mean(1).min())
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_path(name: str, img0: np.ndarray, img1: np.ndarray, ref: np.ndarray, params: TVL1Params,
+             batches: list[int], device: torch.device, budget: float) -> list[dict]:
+    """Warm up, then time each batch size; rows of the final table."""
+    options = PATHS[name]
+    t = time.perf_counter()
+    tvl1_flow(img0[:2], img1[:2], params, device=device, **options)
+    sync(device)
+    warm = time.perf_counter() - t
+    print(f"{name}: warm-up (2 pairs, incl. compilation) {warm:.1f} s", flush=True)
+    rows = []
+    n = len(img0)
+    for bs in batches:
+        reps = -(-bs // n)
+        a = torch.from_numpy(np.concatenate([img0] * reps)[:bs]).to(device)
+        b = torch.from_numpy(np.concatenate([img1] * reps)[:bs]).to(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        sync(device)
+        t = time.perf_counter()
+        flow = tvl1_flow(a, b, params, device=device, **options)
+        sync(device)
+        sec = time.perf_counter() - t
+        k = min(n, bs)
+        p_all, p_min = parity(flow[:k].cpu().numpy(), ref[:k])
+        peak = torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else float("nan")
+        row = dict(path=name, batch=bs, seconds=sec, pairs_s=bs / sec, parity=p_all, worst=p_min, peak_gb=peak,
+                   warmup=warm)
+        rows.append(row)
+        print(f"{name} batch {bs}: {sec:.2f} s, {bs / sec:.1f} pairs/s, parity {p_all:.4f} (worst pair {p_min:.4f}),"
+              f" peak memory {peak:.1f} GB", flush=True)
+        if sec > budget:
+            print(f"{name}: {sec:.0f} s > budget {budget:.0f} s, larger batches skipped", flush=True)
+            break
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| path | batch | pairs/s | within 0.1 px | worst pair | peak GB | warm-up s |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['path']} | {r['batch']} | {r['pairs_s']:.1f} | {r['parity']:.4f} | {r['worst']:.4f} | "
+              f"{r['peak_gb']:.1f} | {r['warmup']:.1f} |" for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=".device_check/prepared.npz")
+    ap.add_argument("--batches", type=int, nargs="+", default=[64, 256, 1024])
+    ap.add_argument("--paths", nargs="+", default=["triton", "compile", "eager"], choices=list(PATHS))
+    ap.add_argument("--budget", type=float, default=60.0, help="seconds per run before larger batches are skipped")
+    ap.add_argument("--tiny", action="store_true", help="CPU dry run: 64x48 crops, few iterations, batches 2 and 4")
+    args = ap.parse_args()
+    saved = np.load(args.data)
+    img0, img1, ref = saved["img0"], saved["img1"], saved["opencv_flow"]
+    params = TVL1Params()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.tiny:
+        img0, img1, ref = img0[:4, 100:148, 140:204], img1[:4, 100:148, 140:204], ref[:4, 100:148, 140:204]
+        params = TVL1Params(nscales=2, warps=1, outer_iterations=1, inner_iterations=3)
+        args.batches = [2, 4]
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            args.paths = [p for p in args.paths if p != "triton"]
+    elif device.type != "cuda":
+        raise SystemExit("no CUDA device: run with --tiny for a CPU dry run")
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    print(f"{name}; torch {torch.__version__}; {len(img0)} pairs {img0.shape[2]}x{img0.shape[1]}", flush=True)
+    rows = []
+    for path in args.paths:
+        rows += run_path(path, img0, img1, ref, params, args.batches, device, args.budget)
+    text = table(rows)
+    print(text)
+    if os.environ.get("OUT"):
+        out = Path(os.environ["OUT"])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "tvl1_table.md").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""The kernel sets the TV-L1 driver runs: plain PyTorch (eager or fused by ``torch.compile``) or Triton.
+
+A kernel set is called by name with the same arguments whichever it is: ``"block2"``/``"block3"`` (``k`` inner
+iterations of the pairs flagged active), ``"median"`` (the 5x5 or 3x3 median of a flow component) and ``"remap"``
+(the cubic warp of I1 and its gradients). The driver (:mod:`.solver`) does not know which set runs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from typing import Callable
+
+import torch
+
+from actrec.errors import InputError
+from actrec.pipeline.tvl1.iteration import _block2, _block3
+from actrec.pipeline.tvl1.ops import _median_apply, remap_cubic
+
+Log = Callable[[str], None]
+
+COMPILE_MESSAGE = "compiling the TV-L1 kernels, once per process (~30-60 s)"
+
+
+def _stderr_log(line: str) -> None:
+    """Default log: one line on stderr (stdout stays clean for piped results)."""
+    print(line, file=sys.stderr, flush=True)
+
+
+class _Announcer:
+    """Says :data:`COMPILE_MESSAGE` through ``log`` the first time a compiling kernel set runs in this process."""
+
+    done = False
+
+    @classmethod
+    def once(cls, log: Log | None) -> None:
+        if not cls.done:
+            cls.done = True
+            (log or _stderr_log)(COMPILE_MESSAGE)
+
+
+class _Kernels:
+    """The tensor functions of the solver, eager or compiled with ``torch.compile`` (inductor).
+
+    Compiling fuses the ~70 elementwise/stencil operations of an iteration into a few loops, which is what makes
+    the CPU solver competitive with OpenCV's C++ (see benchmarks/RESULTS.md). It needs a C++ compiler at run
+    time and some tens of seconds of compilation per process (less with inductor's on-disk cache); if compiling
+    fails the eager functions are used, with a warning. Results are the same either way: float32 in the same
+    operation order, and inductor builds without FMA contraction or fast-math.
+    """
+
+    name = "torch"
+
+    def __init__(self, compiled: bool):
+        self.compiled = compiled
+        self.log: Log | None = None
+        self._eager = {"block2": _block2, "block3": _block3, "median": _median_apply, "remap": remap_cubic}
+        if compiled:  # not the remap: its indirect loads run faster in eager ATen than in inductor's C++
+            self._fns = {k: (torch.compile(f, dynamic=True) if k != "remap" else f) for k, f in self._eager.items()}
+        else:
+            self._fns = dict(self._eager)
+
+    def __call__(self, name: str, *args):
+        if not self.compiled:
+            return self._fns[name](*args)
+        _Announcer.once(self.log)
+        for a in args:
+            if isinstance(a, torch.Tensor) and a.ndim >= 1:
+                # batch size as an unbacked size: a batch that shrinks to 1 pair reuses the same compiled code
+                torch._dynamo.decorators.mark_unbacked(a, 0)
+        try:
+            return self._fns[name](*args)
+        except Exception as exc:  # no or broken C++ compiler: fall back for the rest of the process
+            warnings.warn(f"torch.compile of the TV-L1 kernels failed ({type(exc).__name__}: {exc}); using eager mode",
+                          RuntimeWarning, stacklevel=2)
+            self.compiled = False
+            self._fns = dict(self._eager)
+            return self._fns[name](*args)
+
+
+class _TritonKernels:
+    """The fused Triton kernels (:mod:`.triton_step`, :mod:`.triton_warp`) behind the same names.
+
+    The illumination variant (``block3``, gamma != 0, not OpenCV's default) has no Triton kernel and runs the
+    eager PyTorch functions. Under ``TRITON_INTERPRET=1`` the kernels run on the CPU through numpy (tests).
+    """
+
+    name = "triton"
+
+    def __init__(self):
+        from actrec.pipeline.tvl1 import triton_step, triton_warp
+
+        self.log: Log | None = None
+        self._fns = {"block2": triton_step.block2, "block3": _block3, "median": triton_warp.median_blur_triton,
+                     "remap": triton_warp.remap_cubic_triton}
+
+    def __call__(self, name: str, *args):
+        if os.environ.get("TRITON_INTERPRET", "0") != "1":
+            _Announcer.once(self.log)
+        return self._fns[name](*args)
+
+
+_kernels_cache: dict = {}
+
+
+def _default_compile(device: torch.device) -> bool:
+    """Compile by default on CPU; eager on CUDA (where Triton is the default). ACTREC_TVL1_COMPILE=0/1 overrides."""
+    env = os.environ.get("ACTREC_TVL1_COMPILE", "").strip().lower()
+    if env:
+        return env not in ("0", "false", "no", "off")
+    return device.type == "cpu"
+
+
+def default_kernels(device: torch.device) -> str:
+    """``"triton"`` on CUDA, ``"torch"`` elsewhere; env ACTREC_TVL1_KERNELS=torch|triton overrides."""
+    env = os.environ.get("ACTREC_TVL1_KERNELS", "").strip().lower()
+    if env:
+        return env
+    return "triton" if device.type == "cuda" else "torch"
+
+
+def get_kernels(kernels: str, compiled: bool, log: Log | None = None):
+    """The (cached, one per process) kernel set named ``kernels`` (``"torch"`` or ``"triton"``)."""
+    if kernels not in ("torch", "triton"):
+        raise InputError(f"kernels must be 'torch' or 'triton', got {kernels!r}")
+    key = (kernels, compiled if kernels == "torch" else None)
+    k = _kernels_cache.get(key)
+    if k is None:
+        k = _kernels_cache[key] = _Kernels(compiled) if kernels == "torch" else _TritonKernels()
+    k.log = log
+    return k
