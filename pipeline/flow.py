@@ -33,6 +33,8 @@ from actrec.pipeline.flow_batch import DriverLimits, Solver, flow_executor
 from actrec.pipeline.stage import StageSummary, WorkItem, plan_shards, resolve_rank, run_stage, shard_count
 from actrec.pipeline.store import Dataset, ShardedReader, init_store
 from actrec.pipeline.tvl1 import TVL1Params, to_gray, tvl1_flow
+from actrec.pipeline.tvl1.backend import default_kernels
+from actrec.pipeline.tvl1.floor import bytes_per_pixel_pair
 
 KIND = "flow"
 BACKENDS = ("torch", "opencv")
@@ -137,9 +139,6 @@ def flow_solver(options: FlowOptions, workers: int) -> Solver:
     return lambda img0, img1: _stored(tvl1_flow(img0, img1, options.params, device=device), options)
 
 
-# Peak bytes per pixel per pair of the CUDA TV-L1, as measured in the GPU issue (#15 item 11). A stand-in until
-# actrec.pipeline.tvl1 gives the solver's own figure; the batch sizing below reads it from here only.
-BYTES_PER_PIXEL_PAIR = 304
 GPU_MEMORY_SHARE = 0.8  # of the free device memory at start given to one batch (the rest: allocator slack)
 CPU_PAIRS_PER_WORKER = 8  # 340x256 pairs per batch and worker on CPU: a batch every few seconds moves the bar
 FIELD_PAIR_PIXELS = 340 * 256
@@ -153,7 +152,8 @@ def batch_pixels(options: FlowOptions, workers: int) -> int:
     device = torch.device(options.device)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free * GPU_MEMORY_SHARE) // BYTES_PER_PIXEL_PAIR
+        per_pixel = bytes_per_pixel_pair(options.params, default_kernels(device))
+        return int(free * GPU_MEMORY_SHARE) // per_pixel
     return CPU_PAIRS_PER_WORKER * max(1, workers) * FIELD_PAIR_PIXELS
 
 
