@@ -1,4 +1,4 @@
-"""The training loop of ``actrec train``: SGD with step decay, AMP, DDP, checkpoints and exact resume.
+"""The training loop of ``actrec train``: optimiser and schedule (``optim.py``), AMP, DDP, checkpoints, exact resume.
 
 Run folder: ``config.json`` (the resolved TrainConfig), ``checkpoint.pt`` (written every ``checkpoint_every``
 iterations, on SIGTERM/SIGINT and at the end; see ``actrec.training.checkpoint``) and ``metrics.csv`` (one row every
@@ -40,6 +40,7 @@ from actrec.training.datasets import ClipSource, TrainClips
 from actrec.training.distributed import (DistContext, StreamBatchSampler, any_across, close_distributed,
                                          gather_objects, init_distributed, mean_across, quiet_worker)
 from actrec.training.models import MODEL_SPECS, build_model, load_backbones, to_channels_last
+from actrec.training.optim import build_optimizer, build_scheduler
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
@@ -125,9 +126,8 @@ class _Run:
         self.source = ClipSource(config.frames, config.flow, train_rows, config.flow_length)
         torch.manual_seed(config.seed)  # the same initial weights in every process
         self.model = self._build_model(pretrained=checkpoint is None)  # a resumed run has its weights
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
-                                         weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, config.lr_step, config.lr_gamma)
+        self.optimizer = build_optimizer(self.model, config)
+        self.scheduler = build_scheduler(self.optimizer, config)
         self.amp = amp_dtype(config.amp, ctx.device)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.amp == torch.float16)
         self.iteration = 0
