@@ -497,6 +497,9 @@ iterations, on SIGTERM/SIGINT, at the end) and metrics.csv. Exit code 130 after 
 @click.option("--crop", type=click.IntRange(min=1), help="Network input size [224].")
 @click.option("--resize", type=click.IntRange(min=1),
               help="CoT-LSTM: square size before rotation and crop; STILT testing: short side [256].")
+@click.option("--flip/--no-flip", default=None,
+              help="Random horizontal flips in training; --no-flip when mirroring changes the class (e.g. moving "
+                   "left vs right) [on].")
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), help="Dropout before classifiers [0.5].")
 @click.option("--amp", type=click.Choice(_AMP_MODES),
               help="Mixed precision: auto = bf16 on CUDA, off on CPU; fp16 uses a GradScaler [auto].")

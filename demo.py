@@ -40,7 +40,7 @@ class DemoConfig:
     crop: int = 56  # network input
     iterations: int = 300  # per model
     batch_size: int = 8
-    lr: float = 0.01
+    lr: float = 1e-3  # the from-scratch recipe of reduced models: AdamW, warmup, cosine decay
     positions: int = 5  # test positions per video (centre crop); the field's protocol is 25 x 10 crops
     seed: int = 0
     workers: int = 2  # processes for extraction and flow
@@ -75,8 +75,8 @@ def demo_commands(workdir: Path, config: DemoConfig) -> list[list[str]]:
         commands.append(["train", model, "--frames", f"{w}/frames", "--flow", f"{w}/flow", "--manifest",
                          f"{w}/synth/manifest.csv", "--out", f"{w}/runs/{run}", "--reduced", "--crop",
                          str(config.crop), "--resize", str(config.size), "--batch-size", str(config.batch_size),
-                         "--iterations", str(config.iterations), "--lr", str(config.lr), "--lr-step",
-                         str(config.iterations), "--seed", str(config.seed), "--workers", "0", "--quiet", *extra])
+                         "--iterations", str(config.iterations), "--lr", str(config.lr), "--no-flip", "--seed",
+                         str(config.seed), "--workers", "0", "--quiet", *extra])
         for split in ("train", "test"):
             commands.append(["evaluate", "--checkpoint", f"{w}/runs/{run}/checkpoint.pt", "--split", split, "-o",
                              f"{w}/scores/{run}_{split}.npz", "--positions", str(config.positions), "--crops",

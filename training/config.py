@@ -45,6 +45,7 @@ class TrainConfig:
     max_distort: int = 1  # STILT: crop width and height scales may differ by this many steps (aspect jitter)
     rotation: float = 15.0  # CoT-LSTM: maximum rotation in degrees (the paper gives no value)
     erase_prob: float = 0.5  # CoT-LSTM: random-erasing probability (Zhong et al.'s default)
+    flip: bool = True  # random horizontal flips (both papers); off when a mirror image changes the class (left/right)
     # model
     reduced: bool = False  # CPU-sized backbones (one block per stage) for tests and demos
     width: int = 8  # stem width of the reduced backbones

@@ -277,7 +277,8 @@ def train_loader(config: TrainConfig, source: ClipSource, *, rank: int = 0, worl
                  pin_memory: bool = False) -> DataLoader:
     """This process's micro-batches (RGB, flow, labels) for iterations ``start`` .. ``config.iterations`` - 1."""
     params = AugmentParams(crop=config.crop, resize=config.resize, scales=config.scales,
-                           max_distort=config.max_distort, rotation=config.rotation, erase_prob=config.erase_prob)
+                           max_distort=config.max_distort, rotation=config.rotation, erase_prob=config.erase_prob,
+                           flip=config.flip)
     dataset = TrainClips(source, config.segments, MODEL_SPECS[config.model].augment, params, config.seed)
     sampler = StreamBatchSampler(len(source), config.batch_size, config.seed, rank=rank, world_size=world_size,
                                  accumulate=config.accumulate, start=start, stop=config.iterations)
