@@ -91,6 +91,14 @@ def demo_commands(workdir: Path, config: DemoConfig) -> list[list[str]]:
     return commands
 
 
+def resume_started_training(argv: list[str]) -> list[str]:
+    """A ``train`` command whose run folder already holds a checkpoint continues it (``--resume``; a finished run
+    stays as it is), so that a rerun of the demo resumes every stage."""
+    if argv[0] == "train" and (Path(argv[argv.index("--out") + 1]) / "checkpoint.pt").exists():
+        return [*argv, "--resume"]
+    return argv
+
+
 def run_command(argv: list[str]) -> None:
     """Run one ``actrec`` command in this process, as the console script would; a non-zero exit is an error."""
     from actrec.cli import cli  # the CLI imports this module for the demo command
@@ -109,7 +117,7 @@ def run_demo(workdir: str | Path, config: DemoConfig = DemoConfig(),
     workdir = Path(workdir)
     for subdir in ("scores", "fusion"):
         (workdir / subdir).mkdir(parents=True, exist_ok=True)
-    for argv in demo_commands(workdir, config):
+    for argv in map(resume_started_training, demo_commands(workdir, config)):
         echo(f"\n$ actrec {' '.join(argv)}")
         step = time.perf_counter()
         run_command(argv)

@@ -10,7 +10,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from actrec.cli import cli
-from actrec.demo import awf_check_line, awf_favours
+from actrec.demo import DemoConfig, awf_check_line, awf_favours, demo_commands, resume_started_training
 from actrec.fusion.model import LateFusion
 from actrec.pipeline.synth import CLASSES
 
@@ -64,3 +64,12 @@ def test_awf_check_counts_classes_whose_weights_favour_their_stream() -> None:
     assert counts == {"appearance_rgb": 2, "motion_flow": 6}
     assert awf_check_line(counts).endswith("NOT as designed")
     assert awf_check_line({"appearance_rgb": 3, "motion_flow": 6}).endswith(": as designed")
+
+
+def test_rerun_resumes_a_started_training(tmp_path: Path) -> None:
+    commands = [argv for argv in demo_commands(tmp_path, DemoConfig()) if argv[0] == "train"]
+    assert all(resume_started_training(argv) == argv for argv in commands)
+    (tmp_path / "runs" / "stilt").mkdir(parents=True)
+    (tmp_path / "runs" / "stilt" / "checkpoint.pt").write_bytes(b"")
+    resumed = [argv for argv in map(resume_started_training, commands) if argv[-1] == "--resume"]
+    assert len(resumed) == 1 and resumed[0][resumed[0].index("--out") + 1] == str(tmp_path / "runs" / "stilt")
