@@ -451,6 +451,7 @@ def flow_pair_cmd(img0: str, img1: str, out: str, viz: str | None, device: str, 
 from pathlib import Path  # noqa: E402
 from actrec.data_manifests.manifest import SPLITS as _SPLITS  # noqa: E402  (this command block's imports)
 from actrec.training.config import AMP_MODES as _AMP_MODES, MODELS as _MODELS  # noqa: E402
+from actrec.training.config import OPTIMIZERS as _OPTIMIZERS, SCHEDULES as _SCHEDULES  # noqa: E402
 
 
 def _check_pretrained(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -470,13 +471,15 @@ Examples:
       --manifest ucf101_s1.csv --out runs/stilt_s1 --gpu --accumulate 2
   actrec train stilt --out runs/stilt_s1 --resume --gpu
 \b
-CPU demo with a reduced model and small crops:
+CPU demo with a reduced model and small crops (the from-scratch recipe: AdamW, warmup, cosine):
   actrec train stilt --frames data/frames --flow data/flow --manifest data/synth/manifest.csv \\
-      --out runs/demo --reduced --crop 64 --resize 72 --batch-size 8 --iterations 300 --lr 0.01
+      --out runs/demo --reduced --crop 64 --resize 72 --batch-size 8 --iterations 300
 \b
-Defaults are the paper's recipe for MODEL; --config JSON and then the options override them. The run folder
-gets config.json, checkpoint.pt (every --checkpoint-every iterations, on SIGTERM/SIGINT, at the end),
-metrics.csv, loss.png and, with TensorBoard installed, tensorboard/. Exit code 130 after a stop by signal: rerun with --resume.""")
+Defaults are the paper's recipe for MODEL (SGD, step decay: for ImageNet-initialised backbones), or with --reduced
+the from-scratch recipe (AdamW lr 0.001, weight decay 0.05, 20 warmup iterations, cosine decay); --config JSON and
+then the options override them. The run folder gets config.json, checkpoint.pt (every --checkpoint-every
+iterations, on SIGTERM/SIGINT, at the end), metrics.csv, loss.png and, with TensorBoard installed, tensorboard/.
+Exit code 130 after a stop by signal: rerun with --resume.""")
 @click.argument("model", type=click.Choice(_MODELS))
 @click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False),
               help="Run folder (config.json, checkpoint.pt, metrics.csv, loss.png, tensorboard/).")
@@ -493,11 +496,18 @@ metrics.csv, loss.png and, with TensorBoard installed, tensorboard/. Exit code 1
 @click.option("--batch-size", type=click.IntRange(min=1),
               help="Global batch: per-process batch x processes x --accumulate [STILT 128, CoT-LSTM 64].")
 @click.option("--accumulate", type=click.IntRange(min=1), help="Micro-batches accumulated per iteration [1].")
+@click.option("--optimizer", type=click.Choice(_OPTIMIZERS),
+              help="sgd (the papers', with momentum) or adamw (decay on weights only) [sgd; --reduced: adamw].")
+@click.option("--schedule", type=click.Choice(_SCHEDULES),
+              help="lr schedule after the warmup: step (x0.1 every --lr-step) or cosine (to 0 at the last "
+                   "iteration) [step; --reduced: cosine].")
+@click.option("--warmup-iters", type=click.IntRange(min=0),
+              help="Iterations of linear lr warmup before the schedule [0; --reduced: 20].")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Initial learning rate [0.001].")
 @click.option("--lr-step", type=click.IntRange(min=1),
-              help="Multiply the lr by 0.1 every N iterations [STILT 10000 (HMDB51 in the paper: 5000), "
-                   "CoT-LSTM 450].")
-@click.option("--weight-decay", type=click.FloatRange(min=0), help="SGD weight decay [0.0005].")
+              help="Step schedule: multiply the lr by 0.1 every N iterations [STILT 10000 (HMDB51 in the paper: "
+                   "5000), CoT-LSTM 450].")
+@click.option("--weight-decay", type=click.FloatRange(min=0), help="Weight decay [0.0005; --reduced: 0.05].")
 @click.option("--momentum", type=click.FloatRange(0, 1), help="SGD momentum [0.9].")
 @click.option("--segments", type=click.IntRange(min=1), help="STILT: TSN segments per training clip [3].")
 @click.option("--flow-length", type=click.IntRange(min=1),
@@ -505,6 +515,9 @@ metrics.csv, loss.png and, with TensorBoard installed, tensorboard/. Exit code 1
 @click.option("--crop", type=click.IntRange(min=1), help="Network input size [224].")
 @click.option("--resize", type=click.IntRange(min=1),
               help="CoT-LSTM: square size before rotation and crop; STILT testing: short side [256].")
+@click.option("--flip/--no-flip", default=None,
+              help="Random horizontal flips in training; --no-flip when mirroring changes the class (e.g. moving "
+                   "left vs right) [on].")
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), help="Dropout before classifiers [0.5].")
 @click.option("--amp", type=click.Choice(_AMP_MODES),
               help="Mixed precision: auto = bf16 on CUDA, off on CPU; fp16 uses a GradScaler [auto].")

@@ -3,8 +3,10 @@
 One seed of ``actrec demo`` tests on 24 videos (one video = 4.2 points), too few to tell a real effect from noise.
 This script runs the demo (the real commands, as ``actrec demo`` does) once per seed, each seed drawing its own
 synthetic dataset and training seeds, then reports per row the mean, sample standard deviation, minimum and maximum
-of the test top-1, and for each claim of the papers' ordering the number of seeds where it holds and the mean
-difference:
+of the test top-1; the demo's goals on the means (spatial >= 30%, temporal >= 55%, two-stream late average >= 10
+points above the better stream) and on the AWF weights of every seed (RGB favoured on >= 3 of the 4 appearance-only
+classes, flow on >= 6 of the 8 motion-only ones); and for each claim of the papers' ordering the number of seeds
+where it holds, the mean difference and its spread:
 
   * spatial stream < two-stream late average, and temporal stream < two-stream late average;
   * + co-attention (late average) vs two-stream (late average): the co-attention effect, reported, not assumed;
@@ -29,7 +31,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from actrec.demo import DemoConfig, run_demo
+from actrec.demo import AWF_GOAL, DemoConfig, run_demo
 
 T4 = "STILT ablation (Table 4 layout)"
 T5 = "STILT fusion methods (Table 5 layout)"
@@ -67,15 +69,42 @@ def parse_seeds(text: str) -> list[int]:
     return sorted(seeds)
 
 
-def seed_top1(workdir: Path, config: DemoConfig) -> tuple[dict[str, float], float]:
-    """Test top-1 by row and the demo's seconds for one seed; reuses a finished run with the same sizes."""
+@dataclass(frozen=True)
+class SeedRun:
+    """One seed's demo: test top-1 by row, AWF class counts (``actrec.demo.awf_favours``) and wall seconds."""
+
+    top1: dict[str, float]
+    awf: dict[str, int]
+    seconds: float
+
+
+def seed_run(workdir: Path, config: DemoConfig) -> SeedRun:
+    """Run the demo for one seed, or read back a finished run with the same sizes."""
     results = workdir / "demo_results.json"
     if results.exists():
         saved = json.loads(results.read_text())
-        if saved["config"] == json.loads(json.dumps(asdict(config))):
-            return saved["top1"], saved["seconds"]
+        if saved["config"] == json.loads(json.dumps(asdict(config))) and "awf" in saved:
+            return SeedRun(saved["top1"], saved["awf"], saved["seconds"])
     result = run_demo(workdir, config, echo=lambda line: None)
-    return result.top1, result.seconds
+    return SeedRun(result.top1, result.awf, result.seconds)
+
+
+def goal_lines(runs: list[SeedRun]) -> list[str]:
+    """Markdown rows: each goal of the demo, the measured value and whether it is met."""
+    def mean(row: str) -> float:
+        return statistics.mean(run.top1[f"{T4} / {row}"] for run in runs)
+
+    spatial, temporal, late = mean("spatial stream"), mean("temporal stream"), mean("two-stream (late average)")
+    goals = [("spatial stream, mean test top-1 >= 30%", f"{spatial:.1f}", spatial >= 30),
+             ("temporal stream, mean test top-1 >= 55%", f"{temporal:.1f}", temporal >= 55),
+             ("two-stream late average >= better stream + 10 points", f"{late - max(spatial, temporal):+.1f}",
+              late - max(spatial, temporal) >= 10)]
+    for key, goal in AWF_GOAL.items():
+        counts = [run.awf[key] for run in runs]
+        goals.append((f"AWF (STILT) {key.replace('_', ' favours ')} on >= {goal} classes, every seed",
+                      " ".join(map(str, counts)), min(counts) >= goal))
+    return ["| goal | measured | met |", "|---|---|---|"] + [f"| {text} | {value} | {'yes' if ok else 'no'} |"
+                                                          for text, value, ok in goals]
 
 
 def row_statistics(values: list[float]) -> str:
@@ -85,25 +114,28 @@ def row_statistics(values: list[float]) -> str:
 
 
 def claim_line(claim: Claim, runs: list[dict[str, float]]) -> str:
-    """One markdown row: the claim, seeds where it holds, mean and range of the difference in points."""
+    """One markdown row: the claim, seeds where it holds, mean, std and range of the difference in points."""
     diffs = [run[claim.better] - run[claim.worse] for run in runs]
     holds = sum(d > 0 if claim.strict else d >= 0 for d in diffs)
-    return (f"| {claim.text} | {holds}/{len(diffs)} | {statistics.mean(diffs):+.1f} | "
+    spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+    return (f"| {claim.text} | {holds}/{len(diffs)} | {statistics.mean(diffs):+.1f} | {spread:.1f} | "
             f"{min(diffs):+.1f} .. {max(diffs):+.1f} |")
 
 
-def report(seeds: list[int], runs: list[dict[str, float]], seconds: list[float], config: DemoConfig) -> str:
+def report(seeds: list[int], runs: list[SeedRun], config: DemoConfig) -> str:
     """The markdown tables for RESULTS.md."""
+    seconds = [run.seconds for run in runs]
     lines = [f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}. "
              f"Date: {datetime.date.today()}. Seeds {seeds}; sizes {asdict(config) | {'seed': 'per run'}}. "
-             f"Demo time per seed: mean {statistics.mean(seconds):.0f} s (min {min(seconds):.0f}, "
+             f"Demo wall time per seed: mean {statistics.mean(seconds):.0f} s (min {min(seconds):.0f}, "
              f"max {max(seconds):.0f}).", "",
              "| row (test top-1, %) | mean | std | min | max | per seed |", "|---|---|---|---|---|---|"]
-    for name in runs[0]:
-        values = [run[name] for run in runs]
+    for name in runs[0].top1:
+        values = [run.top1[name] for run in runs]
         lines.append(f"| {name} | {row_statistics(values)} | {' '.join(f'{v:.1f}' for v in values)} |")
-    lines += ["", "| claim | seeds where it holds | mean difference (points) | range |", "|---|---|---|---|"]
-    lines += [claim_line(claim, runs) for claim in CLAIMS]
+    lines += ["", *goal_lines(runs)]
+    lines += ["", "| claim | seeds where it holds | mean difference (points) | std | range |", "|---|---|---|---|---|"]
+    lines += [claim_line(claim, [run.top1 for run in runs]) for claim in CLAIMS]
     return "\n".join(lines)
 
 
@@ -115,16 +147,13 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=DemoConfig.iterations)
     args = parser.parse_args()
     seeds = parse_seeds(args.seeds)
-    runs, seconds = [], []
+    runs = []
     for seed in seeds:
         config = DemoConfig(videos_per_class=args.videos_per_class, iterations=args.iterations, seed=seed)
         start = time.perf_counter()
-        top1, took = seed_top1(args.workdir / f"seed_{seed}", config)
-        runs.append(top1)
-        seconds.append(took)
+        runs.append(seed_run(args.workdir / f"seed_{seed}", config))
         print(f"seed {seed}: done in {time.perf_counter() - start:.0f} s", flush=True)
-    print(report(seeds, runs, seconds, DemoConfig(videos_per_class=args.videos_per_class,
-                                                  iterations=args.iterations)))
+    print(report(seeds, runs, DemoConfig(videos_per_class=args.videos_per_class, iterations=args.iterations)))
 
 
 if __name__ == "__main__":

@@ -127,6 +127,10 @@ CLASSES: tuple[SynthClass, ...] = (
     SynthClass("texture_stripes", _ORBIT, Appearance(texture="stripes")),
     SynthClass("texture_checker", _ORBIT, Appearance(texture="checker")),
 )
+# The classes a stream is built to read: motion-only classes share one appearance (only the temporal stream can tell
+# them apart), appearance-only classes share one motion (only the spatial stream can).
+MOTION_ONLY: tuple[str, ...] = tuple(c.name for c in CLASSES if c.appearance == Appearance())
+APPEARANCE_ONLY: tuple[str, ...] = tuple(c.name for c in CLASSES if c.motion == _ORBIT)
 
 
 @dataclass(frozen=True)

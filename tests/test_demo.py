@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+import numpy as np
 from click.testing import CliRunner
 
 from actrec.cli import cli
+from actrec.demo import DemoConfig, awf_check_line, awf_favours, demo_commands, resume_started_training
+from actrec.fusion.model import LateFusion
+from actrec.pipeline.synth import CLASSES
+
+CLASSES_IN_ORDER = tuple(cls.name for cls in CLASSES)
 
 
 def test_demo_end_to_end_at_reduced_size(tmp_path: Path) -> None:
@@ -28,7 +35,14 @@ def test_demo_end_to_end_at_reduced_size(tmp_path: Path) -> None:
         assert title in result.output
         assert all(row in result.output for row in rows)
     assert "Test top-1 on 12 videos: one video is 8.3 points" in result.output
-    top1 = json.loads((workdir / "demo_results.json").read_text())["top1"]
+    check = re.search(r"AWF check \(STILT, fusion/stilt_weights.png\): RGB weight > 0.5 on (\d)/4 appearance-only "
+                      r"classes \(goal >= 3\), flow weight > 0.5 on (\d)/8 motion-only classes \(goal >= 6\): "
+                      r"(as designed|NOT as designed)", result.output)
+    assert check, result.output
+    saved = json.loads((workdir / "demo_results.json").read_text())
+    top1, awf = saved["top1"], saved["awf"]
+    assert (awf["appearance_rgb"], awf["motion_flow"]) == (int(check[1]), int(check[2]))
+    assert check[3] == ("as designed" if awf["appearance_rgb"] >= 3 and awf["motion_flow"] >= 6 else "NOT as designed")
     assert len(top1) == 11 and all(0.0 <= v <= 100.0 for v in top1.values())
     for path in ("synth/manifest.csv", "frames/actrec_store.json", "flow/actrec_store.json",
                  "runs/stilt/checkpoint.pt", "runs/two-stream/metrics.csv", "runs/cotlstm/config.json",
@@ -36,3 +50,26 @@ def test_demo_end_to_end_at_reduced_size(tmp_path: Path) -> None:
                  "fusion/stilt_early.json"):
         assert (workdir / path).exists(), path
     assert list((workdir / "scores").glob("*.confusion.png"))
+
+
+def test_awf_check_counts_classes_whose_weights_favour_their_stream() -> None:
+    names = list(CLASSES_IN_ORDER)
+    weights = np.full((12, 2), 0.5)  # (rgb, flow) per class; a tie favours neither
+    weights[names.index("shape_star")] = weights[names.index("texture_checker")] = (0.75, 0.25)
+    weights[names.index("texture_stripes")] = (0.25, 0.75)
+    for name in ("move_left", "move_up", "rotate_cw", "approach", "recede", "move_down"):
+        weights[names.index(name)] = (0.0, 1.0)
+    fusion = LateFusion("awf", ["flow", "rgb"], names, weights[:, ::-1].copy())  # columns in the streams' order
+    counts = awf_favours(fusion)
+    assert counts == {"appearance_rgb": 2, "motion_flow": 6}
+    assert awf_check_line(counts).endswith("NOT as designed")
+    assert awf_check_line({"appearance_rgb": 3, "motion_flow": 6}).endswith(": as designed")
+
+
+def test_rerun_resumes_a_started_training(tmp_path: Path) -> None:
+    commands = [argv for argv in demo_commands(tmp_path, DemoConfig()) if argv[0] == "train"]
+    assert all(resume_started_training(argv) == argv for argv in commands)
+    (tmp_path / "runs" / "stilt").mkdir(parents=True)
+    (tmp_path / "runs" / "stilt" / "checkpoint.pt").write_bytes(b"")
+    resumed = [argv for argv in map(resume_started_training, commands) if argv[-1] == "--resume"]
+    assert len(resumed) == 1 and resumed[0][resumed[0].index("--out") + 1] == str(tmp_path / "runs" / "stilt")

@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from actrec.cli import cli
 from actrec.data_manifests.manifest import read_manifest
 from actrec.errors import ActrecError, InputError
-from actrec.pipeline.synth import (CLASSES, H264_ENCODERS, generate_synthetic_dataset, pick_h264_encoder,
-                                   split_counts)
+from actrec.pipeline.synth import (APPEARANCE_ONLY, CLASSES, H264_ENCODERS, MOTION_ONLY, generate_synthetic_dataset,
+                                   pick_h264_encoder, split_counts)
 
 OPTIONS = {"videos_per_class": 5, "frames": 12, "size": (112, 96), "fps": 25, "seed": 3}
 
@@ -120,6 +120,13 @@ def test_motion_pair_looks_alike_but_moves_oppositely(dataset: Path, negative: s
         np.testing.assert_allclose(neg.std(axis=(1, 2)), reversed_pos.std(axis=(1, 2)), atol=2)
         assert _motion(neg)[statistic] < -threshold
         assert _motion(pos)[statistic] > threshold
+
+
+def test_class_groups_split_the_classes_by_the_stream_that_can_tell_them_apart() -> None:
+    assert MOTION_ONLY == ("move_left", "move_right", "move_up", "move_down", "rotate_cw", "rotate_ccw", "approach",
+                           "recede")
+    assert APPEARANCE_ONLY == ("shape_disc", "shape_star", "texture_stripes", "texture_checker")
+    assert sorted(MOTION_ONLY + APPEARANCE_ONLY) == sorted(cls.name for cls in CLASSES)
 
 
 @pytest.mark.parametrize(("first", "second"), [("shape_disc", "shape_star"), ("texture_stripes", "texture_checker")])

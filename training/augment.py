@@ -10,7 +10,8 @@ Conventions:
 - **Flow scale.** Flow enters the network as ``flow / bound``, in [-1, 1]: uint8 codes become ``(q - 127.5) /
   127.5`` (the exact centre of the code range; equal to the dequantised pixels divided by the store's bound), and
   float16 stores are divided by their bound. RGB is scaled to 0..1 and normalised by the ImageNet mean and std.
-- **Horizontal flip** mirrors the grid and negates x. On uint8 codes (STILT's path: flipped before conversion)
+- **Horizontal flip** (on by default, as in both papers; ``flip=False`` for classes that a mirror image turns into
+  each other, such as moving left and moving right) mirrors the grid and negates x. On uint8 codes (STILT's path: flipped before conversion)
   x becomes ``255 - x``, the mirror around 127.5, so a code maps to the code of -x; on float flow x becomes -x.
 - **Rotation** (CoT-LSTM) turns the grid and the flow vectors. Image axes are x right, y down; a positive angle
   turns the picture anticlockwise as seen on screen (OpenCV's ``getRotationMatrix2D`` convention), and a vector
@@ -58,6 +59,7 @@ class AugmentParams:
     scales: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)  # TSN multi-scale crop sizes, fractions of the short side
     max_distort: int = 1  # width and height scale indices may differ by this much (aspect jitter)
     rotation: float = 15.0  # maximum absolute rotation in degrees
+    flip: bool = True  # random horizontal flips (off when classes differ by left/right direction or turning sense)
     erase_prob: float = 0.5  # probability of erasing one rectangle
     erase_area: tuple[float, float] = (0.02, 0.4)  # erased fraction of the frame (Zhong et al.)
     erase_aspect: float = 0.3  # erased aspect ratio in [erase_aspect, 1 / erase_aspect] (Zhong et al.)
@@ -197,7 +199,7 @@ def tsn_augment(rgb: Tensor, flow: Tensor, bound: float, params: AugmentParams,
     """
     box = multiscale_crop_box(*rgb.shape[-2:], params.scales, params.max_distort, rng, params.crop)
     rgb, flow = crop(rgb, box), crop(flow, box)
-    if rng.random() < 0.5:
+    if rng.random() < 0.5 and params.flip:  # drawn either way: the other draws do not depend on ``flip``
         rgb, flow = flip_rgb(rgb), flip_flow(flow)  # on the uint8 codes: 255 - x
     size = (params.crop, params.crop)
     return normalize_rgb(resize(rgb.float(), size)), resize(flow_to_units(flow, bound), size)
@@ -217,7 +219,7 @@ def variation_augment(rgb: Tensor, flow: Tensor, bound: float, params: AugmentPa
         flow = erase(flow, box, [0.0, 0.0])  # zero motion
     box = random_crop_box(*square, params.crop, rng)
     rgb, flow = crop(rgb, box), crop(flow, box)
-    if rng.random() < 0.5:
+    if rng.random() < 0.5 and params.flip:
         rgb, flow = flip_rgb(rgb), flip_flow(flow)
     return normalize_rgb(rgb), flow
 

@@ -1,7 +1,8 @@
 """Training configuration: one frozen dataclass with the papers' defaults, JSON files and per-option overrides.
 
-A run's configuration is built in three layers, each overriding the one before: the paper's recipe for the model
-(``paper_config``), an optional JSON file (``--config``; any subset of the fields), and command-line options. The
+A run's configuration is built in three layers, each overriding the one before: the recipe (``recipe``: the paper's
+for the model, or the from-scratch recipe for reduced models), an optional JSON file (``--config``; any subset of the
+fields), and command-line options. The
 result is validated and saved as ``config.json`` in the run folder and inside every checkpoint, so ``--resume`` and
 ``evaluate`` rebuild exactly the same model and data pipeline.
 """
@@ -17,6 +18,11 @@ from actrec.errors import InputError
 
 MODELS = ("stilt", "cotlstm")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("step", "cosine")
+# The from-scratch recipe (``--reduced`` runs and the demo): the papers' SGD at lr 1e-3 is made for ImageNet-initialised
+# backbones and hardly moves random weights in a short budget; AdamW with warmup and cosine decay does.
+FROM_SCRATCH = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "schedule": "cosine", "warmup_iters": 20}
 # Fields that may change when a run is resumed: they do not change what is computed, only how or how long.
 RESUMABLE_FIELDS = ("iterations", "workers", "checkpoint_every", "log_every")
 
@@ -39,20 +45,24 @@ class TrainConfig:
     max_distort: int = 1  # STILT: crop width and height scales may differ by this many steps (aspect jitter)
     rotation: float = 15.0  # CoT-LSTM: maximum rotation in degrees (the paper gives no value)
     erase_prob: float = 0.5  # CoT-LSTM: random-erasing probability (Zhong et al.'s default)
+    flip: bool = True  # random horizontal flips (both papers); off when a mirror image changes the class (left/right)
     # model
     reduced: bool = False  # CPU-sized backbones (one block per stage) for tests and demos
     width: int = 8  # stem width of the reduced backbones
     dropout: float = 0.5  # dropout before the classifiers (STILT: not stated; CoT-LSTM Table II: 0.5)
     co_attention: bool = True  # STILT: False averages the segments instead (the paper's "Two-stream" ablation)
     pretrained: str = ""  # ImageNet checkpoint loaded into both backbones (cross-modality init for flow)
-    # optimisation
+    # optimisation (the papers' recipe; ``FROM_SCRATCH`` replaces some of it for reduced models)
+    optimizer: str = "sgd"  # "sgd" (both papers) or "adamw"
+    schedule: str = "step"  # "step": lr x lr_gamma every lr_step iterations (both papers); "cosine": to 0 at the end
+    warmup_iters: int = 0  # linear lr warmup over the first iterations, before the schedule (the papers: none)
     iterations: int = 50_000  # STILT: 50k; CoT-LSTM: 500
     batch_size: int = 128  # global batch: per-process batch x processes x accumulate (STILT 128, CoT-LSTM 64)
     accumulate: int = 1  # gradient-accumulation micro-batches per iteration (big batches on small GPUs)
     lr: float = 1e-3  # both papers
     lr_step: int = 10_000  # multiply lr by lr_gamma every lr_step iterations (STILT: 10k, 5k for HMDB51; CoT-LSTM: 450)
     lr_gamma: float = 0.1  # both papers
-    momentum: float = 0.9  # SGD momentum, both papers
+    momentum: float = 0.9  # SGD momentum, both papers (AdamW ignores it)
     weight_decay: float = 5e-4  # STILT; the CoT-LSTM paper does not state one, the same value is used
     amp: str = "auto"  # "auto" (bf16 on CUDA, off on CPU), "off", "bf16", "fp16" (with a GradScaler)
     seed: int = 0  # model initialisation, data order and augmentation all derive from it
@@ -73,6 +83,13 @@ def paper_config(model: str, dataset: str = "ucf101") -> TrainConfig:
     if model == "cotlstm":
         return TrainConfig(model="cotlstm", segments=1, iterations=500, batch_size=64, lr_step=450)
     raise InputError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
+
+
+def recipe(model: str, dataset: str = "ucf101", reduced: bool = False) -> TrainConfig:
+    """The starting point of a run: ``paper_config``, with the ``FROM_SCRATCH`` optimiser and schedule for a reduced
+    model (trained from random weights on the CPU)."""
+    config = paper_config(model, dataset)
+    return replace(config, reduced=True, **FROM_SCRATCH) if reduced else config
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:
@@ -122,14 +139,14 @@ def _coerce(key: str, value: Any, kind: type, source: str) -> Any:
 
 def resolve_config(model: str, config_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
                    dataset: str = "ucf101") -> TrainConfig:
-    """Paper recipe for ``model`` <- JSON file <- overrides (None values are ignored), then validated."""
-    config = paper_config(model, dataset)
-    if config_file is not None:
-        from_file = read_config_file(config_file)
-        if from_file.get("model", model) != model:
-            raise InputError(f"{config_file}: configures model {from_file['model']!r}, not {model!r}")
-        config = apply_overrides(config, from_file, str(config_file))
+    """``recipe`` for ``model`` <- JSON file <- overrides (None values are ignored), then validated. Whether the
+    model is reduced (and so which recipe) is read from the file and the overrides first."""
+    from_file = read_config_file(config_file) if config_file is not None else {}
+    if from_file.get("model", model) != model:
+        raise InputError(f"{config_file}: configures model {from_file['model']!r}, not {model!r}")
     given = {key: value for key, value in (overrides or {}).items() if value is not None}
+    config = recipe(model, dataset, reduced=given.get("reduced", from_file.get("reduced", False)) is True)
+    config = apply_overrides(config, from_file, str(config_file))
     config = apply_overrides(config, given, "command line")
     validate_config(config)
     return config
@@ -142,6 +159,8 @@ def validate_config(config: TrainConfig, world_size: int = 1) -> None:
          "frames, flow and manifest must be set (options --frames, --flow, --manifest or the config file)"),
         (config.model in MODELS, f"model must be one of {', '.join(MODELS)}"),
         (config.amp in AMP_MODES, f"amp must be one of {', '.join(AMP_MODES)}"),
+        (config.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
+        (config.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
         (config.model != "cotlstm" or config.segments == 1, "CoT-LSTM takes one RGB frame per clip: segments=1"),
         (config.model != "cotlstm" or config.co_attention, "CoT-LSTM has no co-attention to switch off"),
         (min(config.segments, config.flow_length, config.crop, config.width, config.accumulate) >= 1,
@@ -152,8 +171,9 @@ def validate_config(config: TrainConfig, world_size: int = 1) -> None:
         (config.max_distort >= 0 and 0 <= config.erase_prob <= 1 and 0 <= config.dropout < 1,
          "max_distort >= 0, erase_prob in [0, 1] and dropout in [0, 1) are required"),
         (config.iterations >= 1 and config.lr_step >= 1 and config.lr > 0, "iterations, lr_step, lr must be > 0"),
-        (min(config.checkpoint_every, config.log_every) >= 1 and config.workers >= 0 and config.seed >= 0,
-         "checkpoint_every and log_every must be >= 1, workers and seed >= 0"),
+        (min(config.checkpoint_every, config.log_every) >= 1 and min(config.workers, config.seed,
+                                                                       config.warmup_iters) >= 0,
+         "checkpoint_every and log_every must be >= 1, workers, seed and warmup_iters >= 0"),
         (config.batch_size % (world_size * config.accumulate) == 0,
          f"batch_size {config.batch_size} must be a multiple of processes ({world_size}) x accumulate "
          f"({config.accumulate})"),

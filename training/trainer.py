@@ -1,4 +1,4 @@
-"""The training loop of ``actrec train``: SGD with step decay, AMP, DDP, checkpoints and exact resume.
+"""The training loop of ``actrec train``: optimiser and schedule (``optim.py``), AMP, DDP, checkpoints, exact resume.
 
 Run folder: ``config.json`` (the resolved TrainConfig), ``checkpoint.pt`` (written every ``checkpoint_every``
 iterations, on SIGTERM/SIGINT and at the end; see ``actrec.training.checkpoint``), and every ``log_every``
@@ -43,6 +43,7 @@ from actrec.training.distributed import (DistContext, StreamBatchSampler, close_
                                          init_distributed, log_across, quiet_worker)
 from actrec.training.models import MODEL_SPECS, build_model, load_backbones, to_channels_last
 from actrec.training.monitor import MetricsRow, RunMonitor
+from actrec.training.optim import build_optimizer, build_scheduler
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
@@ -133,9 +134,8 @@ class _Run:
         self.source = ClipSource(config.frames, config.flow, train_rows, config.flow_length)
         torch.manual_seed(config.seed)  # the same initial weights in every process
         self.model = self._build_model(pretrained=checkpoint is None)  # a resumed run has its weights
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
-                                         weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, config.lr_step, config.lr_gamma)
+        self.optimizer = build_optimizer(self.model, config)
+        self.scheduler = build_scheduler(self.optimizer, config)
         self.amp = amp_dtype(config.amp, ctx.device)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.amp == torch.float16)
         self.iteration = 0
@@ -283,7 +283,8 @@ def train_loader(config: TrainConfig, source: ClipSource, *, rank: int = 0, worl
                  pin_memory: bool = False) -> DataLoader:
     """This process's micro-batches (RGB, flow, labels) for iterations ``start`` .. ``config.iterations`` - 1."""
     params = AugmentParams(crop=config.crop, resize=config.resize, scales=config.scales,
-                           max_distort=config.max_distort, rotation=config.rotation, erase_prob=config.erase_prob)
+                           max_distort=config.max_distort, rotation=config.rotation, erase_prob=config.erase_prob,
+                           flip=config.flip)
     dataset = TrainClips(source, config.segments, MODEL_SPECS[config.model].augment, params, config.seed)
     sampler = StreamBatchSampler(len(source), config.batch_size, config.seed, rank=rank, world_size=world_size,
                                  accumulate=config.accumulate, start=start, stop=config.iterations)
