@@ -22,6 +22,7 @@ import contextlib
 import errno
 import json
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -36,6 +37,12 @@ FORMAT_VERSION = 1
 META_FILE = "actrec_store.json"
 VIDEOS = "videos"
 _TMP = ".tmp"
+# A reader keeps at most this many shards open (least recently used closed first), so that a DataLoader worker's
+# descriptors and memory stay flat however many shards a store has (Kinetics: ~1,900 per store).
+MAX_OPEN_SHARDS = 16
+# HDF5's chunk cache per open dataset: 1 MiB holds a few flow chunks (a 340x256 flow is 174 KB); set explicitly so
+# that the bound does not depend on the HDF5 build. Slots: a prime well above the chunks that fit.
+CHUNK_CACHE = dict(rdcc_nbytes=1 << 20, rdcc_nslots=521, rdcc_w0=0.75)
 
 
 @dataclass(frozen=True)
@@ -196,8 +203,10 @@ def _shard_video_ids(path: Path) -> list[str]:
 
 
 def _open_read(path: Path) -> h5py.File:
+    """Open a shard or part for reading. HDF5's default file locking is kept (best effort: ignored where the file
+    system has none), so that a plain ``h5py.File(path, "r")`` of the same file in the same process is compatible."""
     try:
-        f = h5py.File(path, "r", locking=False)
+        f = h5py.File(path, "r", **CHUNK_CACHE)
     except OSError as exc:
         raise StoreError(f"{path}: unreadable HDF5 file ({exc})") from None
     _check_version(path, f.attrs.get("format_version"))
@@ -279,8 +288,10 @@ def is_disk_full(exc: BaseException) -> bool:
 class ShardedReader:
     """Random access to the videos of a store, across all its sealed shards, without any global lock.
 
-    The index (video id -> shard) is built on first use; HDF5 handles are opened lazily and re-opened after a
-    fork, so one reader object can be handed to DataLoader worker processes.
+    The index (video id -> shard) is built on first use; HDF5 handles are opened lazily, at most
+    ``MAX_OPEN_SHARDS`` at a time, and re-opened after a fork, so one reader object can be handed to DataLoader
+    worker processes. A group returned by :meth:`group` is valid until its shard is closed, i.e. until
+    ``MAX_OPEN_SHARDS`` other shards were opened after it: use it right away, do not keep it.
     """
 
     def __init__(self, root: str | Path, kind: str) -> None:
@@ -289,7 +300,7 @@ class ShardedReader:
         self.meta = read_store_meta(self.root, kind)
         self.layout = StoreLayout(self.root, kind, int(self.meta["num_shards"]))
         self._index: dict[str, Path] | None = None
-        self._handles: dict[Path, h5py.File] = {}
+        self._handles: OrderedDict[Path, h5py.File] = OrderedDict()  # least recently used first
         self._pid = os.getpid()
 
     @property
@@ -324,21 +335,27 @@ class ShardedReader:
         return {k: _plain(v) for k, v in self.group(video_id).attrs.items()}
 
     def _handle(self, path: Path) -> h5py.File:
+        """The open shard, from a small LRU of handles (at most ``MAX_OPEN_SHARDS``)."""
         if os.getpid() != self._pid:  # forked into a worker: never share HDF5 handles across processes
-            self._handles = {}
+            self._handles = OrderedDict()
             self._pid = os.getpid()
-        if path not in self._handles:
-            self._handles[path] = _open_read(path)
-        return self._handles[path]
+        handle = self._handles.get(path)
+        if handle is not None and handle.id.valid:
+            self._handles.move_to_end(path)
+            return handle
+        while len(self._handles) >= MAX_OPEN_SHARDS:
+            self._handles.popitem(last=False)[1].close()
+        self._handles[path] = handle = _open_read(path)
+        return handle
 
     def close(self) -> None:
         for handle in self._handles.values():
             handle.close()
-        self._handles = {}
+        self._handles = OrderedDict()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_handles"] = {}
+        state["_handles"] = OrderedDict()
         return state
 
     def __enter__(self) -> "ShardedReader":
