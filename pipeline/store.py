@@ -22,6 +22,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,10 @@ MAX_OPEN_SHARDS = 16
 # HDF5's chunk cache per open dataset: 1 MiB holds a few flow chunks (a 340x256 flow is 174 KB); set explicitly so
 # that the bound does not depend on the HDF5 build. Slots: a prime well above the chunks that fit.
 CHUNK_CACHE = dict(rdcc_nbytes=1 << 20, rdcc_nslots=521, rdcc_w0=0.75)
+# Free space kept in hand beyond a file's estimated size: HDF5 metadata, the vlen heap, other small writes.
+# Why check at all: h5py 3.16 with HDF5 2.0 crashes (segmentation fault) closing a file after ENOSPC in a
+# compressed chunk write, so a full disk must be seen before the write, not handled after it.
+_SPACE_RESERVE = 256 << 10
 
 
 @dataclass(frozen=True)
@@ -143,11 +148,35 @@ def _new_file(path: Path, kind: str) -> h5py.File:
     return f
 
 
+class NotEnoughSpace(OSError):
+    """The file system of a store has less free space than the next file needs (an ENOSPC raised before writing)."""
+
+    def __init__(self, folder: Path, needed: int, free: int, what: str) -> None:
+        super().__init__(errno.ENOSPC, f"disk full: {what} needs {needed / 1e6:.1f} MB, {free / 1e6:.1f} MB left "
+                                       f"in {folder}")
+
+
+def check_free_space(folder: Path, needed: int, what: str) -> None:
+    """Raise NotEnoughSpace unless ``folder``'s file system has ``needed`` bytes (plus a small reserve) free."""
+    free = shutil.disk_usage(folder).free
+    if free < needed + _SPACE_RESERVE:
+        raise NotEnoughSpace(folder, needed + _SPACE_RESERVE, free, what)
+
+
+def _stored_size(datasets: Mapping[str, Dataset]) -> int:
+    """An upper bound of the bytes a part's datasets take: uncompressed arrays, vlen items with their heap entry."""
+    return sum(ds.data.nbytes if isinstance(ds.data, np.ndarray) else sum(len(item) + 32 for item in ds.data)
+               for ds in datasets.values())
+
+
 def write_part(layout: StoreLayout, shard: int, video_id: str, datasets: Mapping[str, Dataset],
                attrs: Mapping[str, Any]) -> int:
-    """Write one finished video as its own part file (atomically); return the bytes written."""
+    """Write one finished video as its own part file (atomically); return the bytes written.
+
+    A file system without room for it raises NotEnoughSpace (an ENOSPC OSError) before anything is written."""
     final = layout.part_path(shard, video_id)
     final.parent.mkdir(parents=True, exist_ok=True)
+    check_free_space(final.parent, _stored_size(datasets), f"video {video_id}")
     tmp = final.with_name(final.name + _TMP)
     try:
         with _new_file(tmp, layout.kind) as f:
@@ -226,6 +255,8 @@ def seal_shard(layout: StoreLayout, shard: int) -> int:
     tmp = final.with_name(final.name + _TMP)
     added = 0
     try:
+        needed = sum(p.stat().st_size for p in parts.values()) + (final.stat().st_size if final.exists() else 0)
+        check_free_space(layout.root, needed, f"sealing {final.name}")
         old = _open_read(final) if final.exists() else None
         try:
             with _new_file(tmp, layout.kind) as out:
@@ -275,7 +306,8 @@ def _remove_empty(folder: Path) -> None:
 
 def _store_io_error(path: Path, exc: OSError) -> StoreError:
     if exc.errno == errno.ENOSPC:
-        return StoreError(f"{path}: disk full; the store is intact (finished videos are kept), "
+        reason = exc.strerror if isinstance(exc, NotEnoughSpace) else "disk full"
+        return StoreError(f"{path}: {reason}; the store is intact (finished videos are kept), "
                           "free some space and rerun the same command to resume")
     return StoreError(f"{path}: write failed ({exc.strerror or exc})")
 
@@ -354,9 +386,7 @@ class ShardedReader:
         self._handles = OrderedDict()
 
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_handles"] = OrderedDict()
-        return state
+        return {**self.__dict__, "_handles": OrderedDict()}
 
     def __enter__(self) -> "ShardedReader":
         return self
