@@ -2,13 +2,15 @@
 
 Each video is an 8-frame 32x24 H.264 clip of a textured square moving in one of 4 directions (one class per
 direction, a class-per-folder tree). The stages run as the user runs them, each in its own process:
-``make-manifest folder``, ``extract-frames``, ``compute-flow --backend opencv`` and the training loader
+``make-manifest folder``, ``extract-frames``, ``compute-flow --backend opencv`` (with a one-scale, one-warp
+TV-L1 unless ``--full-tvl1``: what grows with the videos is the stage's own work, TV-L1's cost per pair is
+measured by bench_flow.py) and the training loader
 (``actrec.training.trainer.train_loader``: every video read once through 2 DataLoader workers). Per stage: time
 per video, peak resident memory of the stage's process tree, and the time of a rerun when everything is already
 done (a resume must take seconds, not redo work). Then the growth from the first size to the last: the goal is
 time linear in the videos (per-video time flat) and memory flat.
 
-    python benchmarks/bench_scale.py [--sizes 1000 10000] [--work DIR] [--workers 2]
+    python benchmarks/bench_scale.py [--sizes 1000 10000] [--work DIR] [--workers 2] [--full-tvl1]
 
 Generated videos are kept in ``--work`` (default: a folder in /tmp) and reused by a later run.
 """
@@ -31,6 +33,7 @@ from actrec.pipeline.synth import pick_h264_encoder, write_h264
 
 FRAMES, WIDTH, HEIGHT = 8, 32, 24
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+LIGHT_TVL1 = ["--nscales", "1", "--warps", "1", "--inner-iterations", "5", "--outer-iterations", "1"]
 
 LOADER = """
 import sys, torch
@@ -91,7 +94,7 @@ def run(args: list[str]) -> Run:
     return Run(seconds, usage.ru_maxrss / 1024)
 
 
-def stages(work: Path, videos: Path, workers: int) -> dict[str, list[str]]:
+def stages(work: Path, videos: Path, workers: int, tvl1: list[str]) -> dict[str, list[str]]:
     cli = [sys.executable, "-m", "actrec.cli"]
     manifest, frames, flow = work / "manifest.csv", work / "frames", work / "flow"
     return {
@@ -100,18 +103,18 @@ def stages(work: Path, videos: Path, workers: int) -> dict[str, list[str]]:
                            "--out", str(frames), "--size", f"{WIDTH}x{HEIGHT}", "--workers", str(workers),
                            "--quiet"],
         "compute-flow": [*cli, "compute-flow", "--frames", str(frames), "--out", str(flow), "--backend", "opencv",
-                         "--workers", str(workers), "--quiet"],
+                         "--workers", str(workers), "--quiet", *tvl1],
         "loader": [sys.executable, "-c", LOADER, str(frames), str(flow), str(manifest)],
     }
 
 
-def measure(size: int, root: Path, workers: int) -> dict[str, tuple[Run, Run | None]]:
+def measure(size: int, root: Path, workers: int, tvl1: list[str]) -> dict[str, tuple[Run, Run | None]]:
     """Every stage on ``size`` videos, then again (the rerun) on the finished outputs."""
     videos = root / f"videos{size}"
     print(f"{size} videos: generated in {generate(videos, size):.0f} s", flush=True)
     work = Path(tempfile.mkdtemp(prefix=f"scale{size}-", dir=root))
     results = {}
-    for name, args in stages(work, videos, workers).items():
+    for name, args in stages(work, videos, workers, tvl1).items():
         first = run(args)
         again = run(args) if name != "loader" else None  # the loader has nothing to resume
         results[name] = (first, again)
@@ -125,14 +128,17 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "actrec_bench_scale")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--full-tvl1", action="store_true", help="TV-L1 with OpenCV's default parameters")
     args = parser.parse_args()
+    tvl1 = [] if args.full_tvl1 else LIGHT_TVL1
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"{platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()}, "
-          f"{FRAMES} frames {WIDTH}x{HEIGHT} per video, --workers {args.workers}", flush=True)
+          f"{FRAMES} frames {WIDTH}x{HEIGHT} per video, --workers {args.workers}, TV-L1 {' '.join(tvl1) or 'defaults'}",
+          flush=True)
     startup = run([sys.executable, "-m", "actrec.cli", "--help"])
     print(f"process start (python -m actrec.cli --help): {startup.seconds:.1f} s, {startup.peak_mb:.0f} MB; "
           "every stage and rerun below includes it once", flush=True)
-    results = {size: measure(size, args.work, args.workers) for size in args.sizes}
+    results = {size: measure(size, args.work, args.workers, tvl1) for size in args.sizes}
     print(f"load average at the end {os.getloadavg()}")
     if len(results) > 1:
         small, big = min(results), max(results)
