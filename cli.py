@@ -290,8 +290,9 @@ N frames give N-step flows; flow i maps frame i to frame i+step (0-based). Store
 @click.option("--step", type=click.IntRange(min=1), default=1, show_default=True, help="Flow from frame i to i+step.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="uint8", show_default=True,
               help="uint8 (quantised, the field's convention) or float16 (unquantised pixels).")
-@click.option("--compression", type=click.Choice(list(COMPRESSIONS)), default="lz4", show_default=True,
-              help="HDF5 storage of each flow: lz4 (Blosc via hdf5plugin, fastest reads), gzip (any HDF5 reader), none.")
+@click.option("--compression", type=click.Choice(list(COMPRESSIONS)), default="zstd", show_default=True,
+              help="HDF5 storage of each flow, all lossless: zstd (smallest of the fast ones), lz4hc or lz4 (faster "
+                   "reads, larger; via hdf5plugin), gzip (any HDF5 reader), none.")
 @click.option("--videos-per-shard", type=click.IntRange(min=1), default=128, show_default=True,
               help="Videos per HDF5 shard (fixed when the store is created).")
 @tvl1_options

@@ -9,7 +9,7 @@ consecutive flows (x and y) at a random position of a random video, as a trainin
 checked to give back the stored codes exactly. The goal (issue 14): at most 2x the JPEG folders' bytes with at
 least 3x their read rate.
 
-    python benchmarks/bench_flowstore.py [--videos DIR] [--fps 4] [--reads 500] [--work DIR]
+    python benchmarks/bench_flowstore.py [--videos DIR] [--fps 4] [--reads 500] [--work DIR] [--clips A.mp4 ...]
 
 ``--work`` keeps the frames, flow and JPEG folders between runs (the stages resume, so a rerun only measures).
 """
@@ -47,6 +47,7 @@ HDF5_CODECS = {
     "HDF5 Blosc-LZ4 + shuffle": dict(hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.SHUFFLE)),
     "HDF5 Blosc-Zstd-5 + bitshuffle": dict(hdf5plugin.Blosc("zstd", 5, hdf5plugin.Blosc.BITSHUFFLE)),
     "HDF5 Blosc-Zstd-5": dict(hdf5plugin.Blosc("zstd", 5, hdf5plugin.Blosc.NOSHUFFLE)),
+    "HDF5 Blosc-Zstd-9": dict(hdf5plugin.Blosc("zstd", 9, hdf5plugin.Blosc.NOSHUFFLE)),
     "HDF5 Blosc2-Zstd-5": dict(hdf5plugin.Blosc2("zstd", 5, hdf5plugin.Blosc2.NOFILTER)),
     "HDF5 Blosc2-Zstd-5 + bitshuffle": dict(hdf5plugin.Blosc2("zstd", 5, hdf5plugin.Blosc2.BITSHUFFLE)),
     "HDF5 Blosc2-Zstd-5 + delta": dict(hdf5plugin.Blosc2("zstd", 5, hdf5plugin.Blosc2.DELTA)),
@@ -56,6 +57,7 @@ HDF5_CODECS = {
     "HDF5 Zstd-1": dict(hdf5plugin.Zstd(clevel=1)),
     "HDF5 Zstd-3": dict(hdf5plugin.Zstd(clevel=3)),
     "HDF5 Zstd-9": dict(hdf5plugin.Zstd(clevel=9)),
+    "HDF5 Zstd-12": dict(hdf5plugin.Zstd(clevel=12)),
     "HDF5 Zstd-19": dict(hdf5plugin.Zstd(clevel=19)),
 }
 
@@ -119,20 +121,20 @@ def disk_bytes(paths: list[Path]) -> int:
     return sum(p.stat().st_blocks * 512 for p in paths if p.is_file())
 
 
-def prepare(videos: Path, root: Path, fps: float) -> None:
+def prepare(videos: Path, root: Path, clips: list[str], fps: float) -> None:
     """Frames, flow and JPEG folders of the clips under ``root`` (each stage resumes what is already there)."""
-    rows = [ManifestRow(Path(c).stem, c, 0, "c", "train") for c in CLIPS]
+    rows = [ManifestRow(Path(c).stem, c, 0, "c", "train") for c in clips]
     extract_frames(rows, videos, root / "frames", ExtractOptions(ResizeSpec(340, 256), fps=fps), workers=2,
                    progress=False)
-    compute_flow(root / "frames", root / "flow", FlowOptions(backend="opencv", compression="none"), workers=2,
-                 progress=False)
-    export_rawframes(root / "frames", root / "raw", root / "flow", workers=2, progress=False)
+    compute_flow(root / "frames", root / "flow", FlowOptions(backend="opencv", compression="none"),
+                 video_ids=[r.video_id for r in rows], workers=2, progress=False)
+    export_rawframes(root / "frames", root / "raw", root / "flow", rows, workers=2, progress=False)
 
 
-def measure(root: Path, reads: int) -> tuple[list[tuple[str, float, int, float, bool]], int]:
+def measure(root: Path, videos: list[str], reads: int) -> tuple[list[tuple[str, float, int, float, bool]], int]:
     """(codec, stacks/s, bytes, write seconds, lossless) of the JPEG folders and of every codec; the flow count."""
     with FlowStore(root / "flow") as store:
-        flows = {v: store.read_stack(v, 0, store.num_flows(v)) for v in store.video_ids}
+        flows = {v: store.read_stack(v, 0, store.num_flows(v)) for v in videos}
     rng = random.Random(0)
     picks = [(v, rng.randrange(len(flows[v]) - L + 1)) for v in rng.choices(sorted(flows), k=reads)]
     jpeg_bytes = disk_bytes([p for p in (root / "raw").rglob("flow_*.jpg")])
@@ -166,14 +168,15 @@ def main() -> None:
     parser.add_argument("--videos", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/videos")
     parser.add_argument("--fps", type=float, default=4.0, help="frame rate the clips are resampled to")
     parser.add_argument("--reads", type=int, default=500)
+    parser.add_argument("--clips", nargs="+", default=CLIPS, help="clips of --videos to use")
     parser.add_argument("--work", type=Path, help="keep frames, flow and JPEG folders here (default: a temp dir)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = args.work or Path(tmp)
-        prepare(args.videos, root, args.fps)
-        rows, flows = measure(root, args.reads)
+        prepare(args.videos, root, args.clips, args.fps)
+        rows, flows = measure(root, [Path(c).stem for c in args.clips], args.reads)
     jpeg_rate, jpeg_bytes = rows[0][1], rows[0][2]
-    print(f"{platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()}; {len(CLIPS)} clips, "
+    print(f"{platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()}; {len(args.clips)} clips, "
           f"{flows} flows at 340x256, {args.reads} random stacks of {L}")
     print(f"{'codec':42s} {'stacks/s':>9s} {'x JPEG':>7s} {'MB':>7s} {'x JPEG':>7s} {'write s':>8s} lossless  goal")
     for name, rate, size, seconds, lossless in rows:
