@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import h5py
-import hdf5plugin  # noqa: F401  (registers the Blosc filter that flow stores use by default)
+import hdf5plugin  # noqa: F401  (registers the Zstd, Blosc and Blosc2 filters that flow stores use)
 import numpy as np
 
 from actrec.errors import StoreError
