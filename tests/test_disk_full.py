@@ -84,7 +84,7 @@ def test_a_full_disk_stops_each_stage_with_one_line_and_the_rerun_finishes(small
 
     flow = small_disk / "flow"
     used_kb = shutil.disk_usage(small_disk).used // 1024
-    assert _mount(small_disk, f"{used_kb + 600}k", remount=True).returncode == 0  # 600 KB left for the flow
+    assert _mount(small_disk, f"{used_kb + 350}k", remount=True).returncode == 0  # 350 KB left for the flow
     compute = ["compute-flow", "--frames", str(frames), "--out", str(flow), "--backend", "opencv",
                "--videos-per-shard", "1", "--nscales", "1", "--warps", "1", "--quiet"]
     full = CliRunner().invoke(cli, compute)
