@@ -301,8 +301,9 @@ N frames give N-step flows; flow i maps frame i to frame i+step (0-based). Store
 @click.option("--step", type=click.IntRange(min=1), default=1, show_default=True, help="Flow from frame i to i+step.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="uint8", show_default=True,
               help="uint8 (quantised, the field's convention) or float16 (unquantised pixels).")
-@click.option("--compression", type=click.Choice(list(COMPRESSIONS)), default="lz4", show_default=True,
-              help="HDF5 storage of each flow: lz4 (Blosc via hdf5plugin, fastest reads), gzip (any HDF5 reader), none.")
+@click.option("--compression", type=click.Choice(list(COMPRESSIONS)), default="zstd", show_default=True,
+              help="HDF5 storage of each flow, all lossless: zstd (smallest of the fast ones), lz4hc or lz4 (faster "
+                   "reads, larger; via hdf5plugin), gzip (any HDF5 reader), none.")
 @click.option("--videos-per-shard", type=click.IntRange(min=1), default=128, show_default=True,
               help="Videos per HDF5 shard (fixed when the store is created).")
 @tvl1_options
@@ -605,7 +606,9 @@ Examples:
   actrec predict clip.mp4 --checkpoint runs/stilt_s1/checkpoint.pt --fusion fusion.json --topk 5
   actrec predict a.mp4 b.avi --checkpoint runs/cot_s1/checkpoint.pt --gpu --json > predictions.json
 \b
-Frames and flow are computed as for the training stores (their recorded size, fps, TV-L1 parameters and bound).""")
+Frames and flow are computed as for the training stores (their recorded size, fps, TV-L1 parameters and bound).
+A video that cannot be decoded or is too short for flow is reported ("failed: FILE: reason") and the others are
+still predicted; the exit code is then 1.""")
 @click.argument("videos", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False),
               help="checkpoint.pt of a training run.")
@@ -623,15 +626,19 @@ def predict_cmd(videos: tuple[str, ...], checkpoint: str, fusion: str | None, to
     """Classify videos with a trained model: decode, TV-L1 flow, test-time protocol, optional fusion weights."""
     from actrec.training.predict import predict_videos
 
-    predictions = predict_videos(videos, checkpoint, fusion=fusion, k=topk, gpu=gpu, positions=positions,
-                                 ten_crop=crops == "ten", log=lambda line: click.echo(line, err=True))
+    run = predict_videos(videos, checkpoint, fusion=fusion, k=topk, gpu=gpu, positions=positions,
+                         ten_crop=crops == "ten", log=lambda line: click.echo(line, err=True))
     if as_json:
-        click.echo(json.dumps([p.as_dict() for p in predictions], indent=2))
-        return
-    for p in predictions:
-        click.echo(p.video)
-        for rank, (name, probability) in enumerate(zip(p.classes, p.probabilities), start=1):
-            click.echo(f"  {rank}. {name:30s} {probability:.3f}")
+        click.echo(json.dumps([p.as_dict() for p in run.predictions], indent=2))
+    else:
+        for p in run.predictions:
+            click.echo(p.video)
+            for rank, (name, probability) in enumerate(zip(p.classes, p.probabilities), start=1):
+                click.echo(f"  {rank}. {name:30s} {probability:.3f}")
+    for line in run.failures:
+        click.echo(f"failed: {line}", err=True)
+    if run.failures:
+        sys.exit(1)
 
 
 # --- commands: fusion (fusion/) ---

@@ -18,7 +18,7 @@ from actrec.errors import InputError
 
 
 class DecodeError(InputError):
-    """A video that cannot be decoded at all (missing, empty, not a video, no decodable frame)."""
+    """A video that cannot be decoded at all (missing, empty, not a video, a still image, no decodable frame)."""
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,18 @@ def _open(path: Path) -> av.container.InputContainer:
     if not container.streams.video:
         container.close()
         raise DecodeError(f"{path}: no video stream (audio only or data file)")
+    if _is_still_image(container.format.name):
+        image = container.format.name.removesuffix("_pipe").upper()
+        container.close()
+        raise DecodeError(f"{path}: not a video but a single {image} image (whatever its extension); "
+                          "give a video file")
     return container
+
+
+def _is_still_image(demuxer: str) -> bool:
+    """FFmpeg's image demuxers (``png_pipe``, ``jpeg_pipe``, ..., ``image2``) read one picture, whatever the
+    file's extension; an animated format (GIF, APNG) has its own demuxer and is accepted as a video."""
+    return demuxer.endswith("_pipe") or demuxer == "image2"
 
 
 def _reason(exc: BaseException) -> str:

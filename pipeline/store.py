@@ -22,12 +22,14 @@ import contextlib
 import errno
 import json
 import os
+import shutil
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import h5py
-import hdf5plugin  # noqa: F401  (registers the Blosc filter that flow stores use by default)
+import hdf5plugin  # noqa: F401  (registers the Zstd, Blosc and Blosc2 filters that flow stores use)
 import numpy as np
 
 from actrec.errors import StoreError
@@ -36,6 +38,16 @@ FORMAT_VERSION = 1
 META_FILE = "actrec_store.json"
 VIDEOS = "videos"
 _TMP = ".tmp"
+# A reader keeps at most this many shards open (least recently used closed first), so that a DataLoader worker's
+# descriptors and memory stay flat however many shards a store has (Kinetics: ~1,900 per store).
+MAX_OPEN_SHARDS = 16
+# HDF5's chunk cache per open dataset: 1 MiB holds a few flow chunks (a 340x256 flow is 174 KB); set explicitly so
+# that the bound does not depend on the HDF5 build. Slots: a prime well above the chunks that fit.
+CHUNK_CACHE = dict(rdcc_nbytes=1 << 20, rdcc_nslots=521, rdcc_w0=0.75)
+# Free space kept in hand beyond a file's estimated size: HDF5 metadata, the vlen heap, other small writes.
+# Why check at all: h5py 3.16 with HDF5 2.0 crashes (segmentation fault) closing a file after ENOSPC in a
+# compressed chunk write, so a full disk must be seen before the write, not handled after it.
+_SPACE_RESERVE = 256 << 10
 
 
 @dataclass(frozen=True)
@@ -136,11 +148,35 @@ def _new_file(path: Path, kind: str) -> h5py.File:
     return f
 
 
+class NotEnoughSpace(OSError):
+    """The file system of a store has less free space than the next file needs (an ENOSPC raised before writing)."""
+
+    def __init__(self, folder: Path, needed: int, free: int, what: str) -> None:
+        super().__init__(errno.ENOSPC, f"disk full: {what} needs {needed / 1e6:.1f} MB, {free / 1e6:.1f} MB left "
+                                       f"in {folder}")
+
+
+def check_free_space(folder: Path, needed: int, what: str) -> None:
+    """Raise NotEnoughSpace unless ``folder``'s file system has ``needed`` bytes (plus a small reserve) free."""
+    free = shutil.disk_usage(folder).free
+    if free < needed + _SPACE_RESERVE:
+        raise NotEnoughSpace(folder, needed + _SPACE_RESERVE, free, what)
+
+
+def _stored_size(datasets: Mapping[str, Dataset]) -> int:
+    """An upper bound of the bytes a part's datasets take: uncompressed arrays, vlen items with their heap entry."""
+    return sum(ds.data.nbytes if isinstance(ds.data, np.ndarray) else sum(len(item) + 32 for item in ds.data)
+               for ds in datasets.values())
+
+
 def write_part(layout: StoreLayout, shard: int, video_id: str, datasets: Mapping[str, Dataset],
                attrs: Mapping[str, Any]) -> int:
-    """Write one finished video as its own part file (atomically); return the bytes written."""
+    """Write one finished video as its own part file (atomically); return the bytes written.
+
+    A file system without room for it raises NotEnoughSpace (an ENOSPC OSError) before anything is written."""
     final = layout.part_path(shard, video_id)
     final.parent.mkdir(parents=True, exist_ok=True)
+    check_free_space(final.parent, _stored_size(datasets), f"video {video_id}")
     tmp = final.with_name(final.name + _TMP)
     try:
         with _new_file(tmp, layout.kind) as f:
@@ -196,8 +232,10 @@ def _shard_video_ids(path: Path) -> list[str]:
 
 
 def _open_read(path: Path) -> h5py.File:
+    """Open a shard or part for reading. HDF5's default file locking is kept (best effort: ignored where the file
+    system has none), so that a plain ``h5py.File(path, "r")`` of the same file in the same process is compatible."""
     try:
-        f = h5py.File(path, "r", locking=False)
+        f = h5py.File(path, "r", **CHUNK_CACHE)
     except OSError as exc:
         raise StoreError(f"{path}: unreadable HDF5 file ({exc})") from None
     _check_version(path, f.attrs.get("format_version"))
@@ -217,6 +255,8 @@ def seal_shard(layout: StoreLayout, shard: int) -> int:
     tmp = final.with_name(final.name + _TMP)
     added = 0
     try:
+        needed = sum(p.stat().st_size for p in parts.values()) + (final.stat().st_size if final.exists() else 0)
+        check_free_space(layout.root, needed, f"sealing {final.name}")
         old = _open_read(final) if final.exists() else None
         try:
             with _new_file(tmp, layout.kind) as out:
@@ -266,7 +306,8 @@ def _remove_empty(folder: Path) -> None:
 
 def _store_io_error(path: Path, exc: OSError) -> StoreError:
     if exc.errno == errno.ENOSPC:
-        return StoreError(f"{path}: disk full; the store is intact (finished videos are kept), "
+        reason = exc.strerror if isinstance(exc, NotEnoughSpace) else "disk full"
+        return StoreError(f"{path}: {reason}; the store is intact (finished videos are kept), "
                           "free some space and rerun the same command to resume")
     return StoreError(f"{path}: write failed ({exc.strerror or exc})")
 
@@ -279,8 +320,10 @@ def is_disk_full(exc: BaseException) -> bool:
 class ShardedReader:
     """Random access to the videos of a store, across all its sealed shards, without any global lock.
 
-    The index (video id -> shard) is built on first use; HDF5 handles are opened lazily and re-opened after a
-    fork, so one reader object can be handed to DataLoader worker processes.
+    The index (video id -> shard) is built on first use; HDF5 handles are opened lazily, at most
+    ``MAX_OPEN_SHARDS`` at a time, and re-opened after a fork, so one reader object can be handed to DataLoader
+    worker processes. A group returned by :meth:`group` is valid until its shard is closed, i.e. until
+    ``MAX_OPEN_SHARDS`` other shards were opened after it: use it right away, do not keep it.
     """
 
     def __init__(self, root: str | Path, kind: str) -> None:
@@ -289,7 +332,7 @@ class ShardedReader:
         self.meta = read_store_meta(self.root, kind)
         self.layout = StoreLayout(self.root, kind, int(self.meta["num_shards"]))
         self._index: dict[str, Path] | None = None
-        self._handles: dict[Path, h5py.File] = {}
+        self._handles: OrderedDict[Path, h5py.File] = OrderedDict()  # least recently used first
         self._pid = os.getpid()
 
     @property
@@ -324,22 +367,26 @@ class ShardedReader:
         return {k: _plain(v) for k, v in self.group(video_id).attrs.items()}
 
     def _handle(self, path: Path) -> h5py.File:
+        """The open shard, from a small LRU of handles (at most ``MAX_OPEN_SHARDS``)."""
         if os.getpid() != self._pid:  # forked into a worker: never share HDF5 handles across processes
-            self._handles = {}
+            self._handles = OrderedDict()
             self._pid = os.getpid()
-        if path not in self._handles:
-            self._handles[path] = _open_read(path)
-        return self._handles[path]
+        handle = self._handles.get(path)
+        if handle is not None and handle.id.valid:
+            self._handles.move_to_end(path)
+            return handle
+        while len(self._handles) >= MAX_OPEN_SHARDS:
+            self._handles.popitem(last=False)[1].close()
+        self._handles[path] = handle = _open_read(path)
+        return handle
 
     def close(self) -> None:
         for handle in self._handles.values():
             handle.close()
-        self._handles = {}
+        self._handles = OrderedDict()
 
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_handles"] = {}
-        return state
+        return {**self.__dict__, "_handles": OrderedDict()}
 
     def __enter__(self) -> "ShardedReader":
         return self

@@ -1,10 +1,14 @@
-"""`actrec predict` on a real clip with a reduced model trained in the test."""
+"""`actrec predict` on real clips with a reduced model trained in the test; bad clips are isolated."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
+
+import cv2
+import numpy as np
 
 import pytest
 from click.testing import CliRunner
@@ -14,6 +18,7 @@ from actrec.data_manifests.manifest import ManifestRow, write_manifest
 from actrec.pipeline.decode import ResizeSpec
 from actrec.pipeline.flow import FlowOptions, compute_flow
 from actrec.pipeline.frames import ExtractOptions, extract_frames
+from actrec.pipeline.synth import pick_h264_encoder, write_h264
 from actrec.pipeline.tvl1 import TVL1Params
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -68,3 +73,29 @@ def test_predict_errors(checkpoint: Path, videos_dir: Path, tmp_path: Path) -> N
     result = CliRunner().invoke(cli, ["predict", str(videos_dir / "kinetics_tai_chi.mp4"), "--checkpoint",
                                       str(foreign)])
     assert result.exit_code == 1 and "not an actrec training checkpoint" in result.output
+
+
+def test_bad_clips_are_reported_by_their_path_while_good_clips_are_predicted(checkpoint: Path, videos_dir: Path,
+                                                                             tmp_path: Path) -> None:
+    good = videos_dir / "kinetics_clean_and_jerk.mp4"
+    corrupted = videos_dir / "edge_cases" / "decord_corrupted.mp4"  # decodes partly: kept, with a warning
+    png = tmp_path / "picture.avi"  # a PNG renamed .avi
+    cv2.imwrite(str(tmp_path / "picture.png"), np.full((36, 48, 3), 90, np.uint8))
+    shutil.move(tmp_path / "picture.png", png)
+    one_frame = tmp_path / "one_frame.mp4"  # one frame at the training rate: no flow
+    write_h264(one_frame, np.full((1, 36, 48, 3), 120, np.uint8), fps=8, encoder=pick_h264_encoder())
+    text = tmp_path / "text.mp4"
+    text.write_text("not a video\n" * 20)
+    args = [str(good), str(png), str(one_frame), str(corrupted), str(text)]
+    result = CliRunner().invoke(cli, ["predict", *args, "--checkpoint", str(checkpoint), "--topk", "1",
+                                      "--positions", "2", "--crops", "center", "--json"])
+    assert result.exit_code == 1, result.output
+    predicted = [p["video"] for p in json.loads(result.stdout)]
+    assert predicted == [str(good), str(corrupted)]
+    failed = [line for line in result.stderr.splitlines() if line.startswith("failed: ")]
+    assert len(failed) == 3
+    assert f"{png}: not a video but a single PNG image" in failed[0]
+    assert f"failed: {one_frame}: too short for flow" in failed[2]
+    assert f"{text}: not a readable video" in failed[1]
+    assert "actrec-predict-" not in result.stderr  # no temporary folder's path
+    assert f"warning: {corrupted}: partial video" in result.stderr

@@ -1,0 +1,101 @@
+"""A full disk, for real: stores written to a small tmpfs stop with one line and resume once there is room.
+
+h5py 3.16 with HDF5 2.0 crashes (segmentation fault) closing a file after ENOSPC in a compressed chunk write, so the
+stores check the free space before each part is written and before each shard is sealed. The test mounts a tmpfs
+of 512 KB (it needs root and a container that allows mounts; otherwise it is skipped and says why), fills it with
+real clips, then grows it with ``mount -o remount`` and checks that the rerun finishes the job without redoing
+the finished videos. The patched-ENOSPC test of tests/test_extract.py covers the error raised by a write itself.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from click.testing import CliRunner
+
+from actrec.cli import cli
+from actrec.data_manifests.manifest import ManifestRow, write_manifest
+from actrec.pipeline.flow import FlowStore
+from actrec.pipeline.frames import FrameStore
+
+CLIPS = ["ava_demo_6fps.mp4", "ucf101_ApplyEyeMakeup_xvid.avi", "kinetics_tai_chi.mp4"]
+
+
+def _mount(folder: Path, size: str, remount: bool = False) -> subprocess.CompletedProcess:
+    options = f"remount,size={size}" if remount else f"size={size}"
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True,
+                          text=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    folder = tmp_path / "small"
+    folder.mkdir()
+    try:
+        mounted = _mount(folder, "512k")
+    except FileNotFoundError:
+        pytest.skip("no mount command on this machine: cannot make a small file system")
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a 512 KB tmpfs here (needs root and a container that allows it): "
+                    f"{mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
+
+
+def _finished(root: Path, kind: str) -> int:
+    """Videos a rerun will skip: sealed in a shard or waiting as a part."""
+    with (FrameStore if kind == "frames" else FlowStore)(root) as store:
+        return len(store.video_ids) + len(list(root.glob(f".parts/{kind}-*/*.h5")))
+
+
+def _error_line(output: str) -> str:
+    (line,) = [line for line in output.splitlines() if line.startswith("error: ")]
+    return line
+
+
+def test_a_full_disk_stops_each_stage_with_one_line_and_the_rerun_finishes(small_disk: Path, videos_dir: Path,
+                                                                           tmp_path: Path) -> None:
+    manifest = tmp_path / "m.csv"
+    write_manifest(manifest, [ManifestRow(Path(c).stem, c, 0, "c", "train") for c in CLIPS])
+    frames = small_disk / "frames"
+    extract = ["extract-frames", "--manifest", str(manifest), "--video-root", str(videos_dir), "--out", str(frames),
+               "--size", "48x36", "--fps", "6", "--videos-per-shard", "1", "--quiet"]
+    full = CliRunner().invoke(cli, extract)
+    assert full.exit_code == 1, full.output
+    line = _error_line(full.output)
+    assert f"{frames}" in line and "disk full" in line and "MB left" in line and "store is intact" in line
+    finished = _finished(frames, "frames")
+    assert 0 < finished <= len(CLIPS)  # the last video may be finished but not sealed
+    with FrameStore(frames) as store:
+        assert all(store.read(v, [0]).shape == (1, 36, 48, 3) for v in store.video_ids)
+
+    assert _mount(small_disk, "16m", remount=True).returncode == 0
+    rerun = CliRunner().invoke(cli, extract)
+    assert rerun.exit_code == 0, rerun.output
+    assert f"{len(CLIPS) - finished} done, {finished} skipped" in rerun.output
+    with FrameStore(frames) as store:
+        assert sorted(store.video_ids) == sorted(Path(c).stem for c in CLIPS)
+
+    flow = small_disk / "flow"
+    used_kb = shutil.disk_usage(small_disk).used // 1024
+    assert _mount(small_disk, f"{used_kb + 350}k", remount=True).returncode == 0  # 350 KB left for the flow
+    compute = ["compute-flow", "--frames", str(frames), "--out", str(flow), "--backend", "opencv",
+               "--videos-per-shard", "1", "--nscales", "1", "--warps", "1", "--quiet"]
+    full = CliRunner().invoke(cli, compute)
+    assert full.exit_code == 1, full.output
+    line = _error_line(full.output)
+    assert f"{flow}" in line and "disk full" in line and "store is intact" in line
+    finished = _finished(flow, "flow")
+    assert finished < len(CLIPS)
+    assert _mount(small_disk, "16m", remount=True).returncode == 0
+    rerun = CliRunner().invoke(cli, compute)
+    assert rerun.exit_code == 0, rerun.output
+    assert f"{len(CLIPS) - finished} done, {finished} skipped" in rerun.output
+    with FlowStore(flow) as store:
+        assert sorted(store.video_ids) == sorted(Path(c).stem for c in CLIPS)
