@@ -295,7 +295,7 @@ N frames give N-step flows; flow i maps frame i to frame i+step (0-based). Store
               help="Threads reading and decoding frames ahead of the solver (one turns 1,500-1,900 JPEG frames "
                    "per CPU-second into gray at 340x256).")
 @click.option("--writers", type=click.IntRange(min=1), default=None,
-              help="Writer processes (1: a thread) [default: 3 with --gpu, to write 2,000 flows/s; else 1].")
+              help="Writer processes (1: a thread) [default: 4 with --gpu, to write 2,000 flows/s; else 1].")
 @click.option("--bound", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True,
               help="Quantisation bound in pixels (mmaction2 uses 20).")
 @click.option("--step", type=click.IntRange(min=1), default=1, show_default=True, help="Flow from frame i to i+step.")

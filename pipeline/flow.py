@@ -41,10 +41,11 @@ BACKENDS = ("torch", "opencv")
 DTYPES = ("uint8", "float16")
 # HDF5 storage of a flow chunk (all lossless; the name is recorded in the store), measured by
 # benchmarks/bench_flowstore.py against mmaction2's JPEG folders (bytes, random 10-flow stack reads):
-# zstd (Zstandard level 9, the default) 1.9x the bytes, 2.4-2.6x the reads; lz4hc (Blosc2 LZ4HC-9) 2.4x, 4.0x;
-# lz4 (Blosc LZ4, the default before) 3.4x, 3.7-4.0x; gzip 2.3x, 0.8x but readable by any HDF5 reader.
+# zstd (Zstandard level 3, the default) 2.1x the bytes, 2.1-2.4x the reads, ~1 ms to write a flow (level 9 saves 8%
+# of the bytes at 5x the writing CPU, which a GPU writing 2,000 flows/s cannot spare); lz4hc (Blosc2 LZ4HC-9) 2.4x,
+# 4.0x; lz4 (Blosc LZ4, the default before) 3.4x, 3.7-4.0x; gzip 2.3x, 0.8x but readable by any HDF5 reader.
 COMPRESSIONS = {
-    "zstd": dict(hdf5plugin.Zstd(clevel=9)),
+    "zstd": dict(hdf5plugin.Zstd(clevel=3)),
     "lz4hc": dict(hdf5plugin.Blosc2(cname="lz4hc", clevel=9, filters=hdf5plugin.Blosc2.NOFILTER)),
     "lz4": dict(hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.SHUFFLE)),
     "gzip": {"compression": "gzip", "compression_opts": 1},
@@ -64,7 +65,7 @@ class FlowOptions:
     device: str = "cpu"
     batch_pixels: int = 0  # frame pixels per solver call (pairs of one shape, several videos); 0: see batch_pixels()
     readers: int = 3  # threads reading and decoding frames ahead of the solver; see READER_RULE
-    writers: int = 0  # 1: a writer thread; more: writer processes; 0: 3 on CUDA, else 1 (see WRITER_RULE)
+    writers: int = 0  # 1: a writer thread; more: writer processes; 0: 4 on CUDA, else 1 (see WRITER_RULE)
     compression: str = "zstd"  # one of COMPRESSIONS
 
     def store_params(self) -> dict[str, Any]:
@@ -168,9 +169,10 @@ def batch_pixels(options: FlowOptions, workers: int) -> int:
 
 
 # WRITER_RULE: writers = ceil(2 x flows/s x CPU-seconds per written flow). Quantised on the GPU, a 340x256 flow
-# still costs 0.6-0.7 ms of CPU to compress (Blosc-LZ4) and write (bench_flow_reader.py), under h5py's lock, so
-# 2,000 flows/s need 2.4-2.8 writers with 2x headroom: 3 processes on CUDA. On the CPU one thread keeps up.
-GPU_WRITERS = 3
+# cost 0.6-0.7 ms of CPU to compress with Blosc-LZ4 and write (bench_flow_reader.py); the default Zstandard level 3
+# adds about 0.3 ms (RESULTS.md, flow store codecs), so 2,000 flows/s need about 3.6 writers with 2x headroom:
+# 4 processes on CUDA. On the CPU one thread keeps up.
+GPU_WRITERS = 4
 
 
 def flow_limits(options: FlowOptions, workers: int) -> DriverLimits:
