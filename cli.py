@@ -17,7 +17,8 @@ from actrec.errors import ActrecError
 from actrec.pipeline import synth as _synth
 from actrec.pipeline.decode import ResizeSpec
 from actrec.pipeline.frames import ENCODINGS, PARTIAL_POLICIES, ExtractOptions, extract_frames
-from actrec.pipeline.flow import BACKENDS, COMPRESSIONS, DTYPES, FlowOptions, compute_flow, resolve_device
+from actrec.pipeline.flow import (BACKENDS, COMPRESSIONS, DTYPES, FlowOptions, compute_flow, resolve_device,
+                                  store_compression)
 from actrec.pipeline.rawframes import export_rawframes, import_rawframes
 from actrec.pipeline.stage import StageSummary
 from actrec.pipeline.tvl1 import TVL1Params
@@ -301,18 +302,20 @@ N frames give N-step flows; flow i maps frame i to frame i+step (0-based). Store
 @click.option("--step", type=click.IntRange(min=1), default=1, show_default=True, help="Flow from frame i to i+step.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="uint8", show_default=True,
               help="uint8 (quantised, the field's convention) or float16 (unquantised pixels).")
-@click.option("--compression", type=click.Choice(list(COMPRESSIONS)), default="zstd", show_default=True,
+@click.option("--compression", type=click.Choice(list(COMPRESSIONS)), default=None,
               help="HDF5 storage of each flow, all lossless: zstd (smallest of the fast ones), lz4hc or lz4 (faster "
-                   "reads, larger; via hdf5plugin), gzip (any HDF5 reader), none.")
+                   "reads, larger; via hdf5plugin), gzip (any HDF5 reader), none [default: the codec of the store "
+                   "at --out when resuming one, else zstd].")
 @click.option("--videos-per-shard", type=click.IntRange(min=1), default=128, show_default=True,
               help="Videos per HDF5 shard (fixed when the store is created).")
 @tvl1_options
 @parallel_options
 def compute_flow_cmd(frames_root: str, out: str, gpu: bool, backend: str | None, batch_pixels: int | None,
-                     readers: int, writers: int | None, bound: float, step: int, dtype: str, compression: str,
+                     readers: int, writers: int | None, bound: float, step: int, dtype: str, compression: str | None,
                      videos_per_shard: int, workers: int, rank: int | None, world_size: int | None, quiet: bool, **tvl1: float) -> None:
     """TV-L1 optical flow of consecutive frames into a sharded, resumable HDF5 flow store."""
-    options = FlowOptions(params=tvl1_params(tvl1), bound=bound, step=step, dtype=dtype, compression=compression,
+    options = FlowOptions(params=tvl1_params(tvl1), bound=bound, step=step, dtype=dtype,
+                          compression=compression or store_compression(out),
                           backend=backend or ("torch" if gpu else "opencv"), device=resolve_device(gpu),
                           batch_pixels=batch_pixels or 0, readers=readers, writers=writers or 0)
     summary = compute_flow(frames_root, out, options, workers=workers, videos_per_shard=videos_per_shard, rank=rank,

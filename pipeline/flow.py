@@ -31,7 +31,7 @@ from actrec.pipeline.flowio import dequantize_flow, quantize_flow
 from actrec.pipeline.frames import FrameStore
 from actrec.pipeline.flow_batch import DriverLimits, Solver, flow_executor
 from actrec.pipeline.stage import StageSummary, WorkItem, plan_shards, resolve_rank, run_stage, shard_count
-from actrec.pipeline.store import Dataset, ShardedReader, init_store
+from actrec.pipeline.store import META_FILE, Dataset, ShardedReader, init_store, read_store_meta
 from actrec.pipeline.tvl1 import TVL1Params, to_gray, tvl1_flow
 from actrec.pipeline.tvl1.backend import default_kernels
 from actrec.pipeline.tvl1.floor import bytes_per_pixel_pair
@@ -85,6 +85,14 @@ def encode_flow(flow: np.ndarray, options: FlowOptions) -> Dataset:
     storage = COMPRESSIONS[options.compression]
     return Dataset(data, chunks=(1, *data.shape[1:]), compression=storage.get("compression"),
                    compression_opts=storage.get("compression_opts"))
+
+
+def store_compression(out: str | Path) -> str:
+    """The codec of the flow store at ``out`` if one was started there (so that a rerun resumes a store written
+    with an earlier default, e.g. ``lz4``, without naming it), else the default ``FlowOptions.compression``."""
+    if not (Path(out) / META_FILE).exists():
+        return FlowOptions.compression
+    return str(read_store_meta(out, KIND)["params"].get("compression", FlowOptions.compression))
 
 
 def flow_attrs(num_frames: int, flow: np.ndarray, options: FlowOptions, hw: tuple[int, int]) -> dict[str, Any]:

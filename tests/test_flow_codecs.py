@@ -11,7 +11,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from actrec.cli import cli
 from actrec.data_manifests.manifest import ManifestRow
 from actrec.pipeline.decode import ResizeSpec
 from actrec.pipeline.flow import COMPRESSIONS, FlowOptions, FlowStore, compute_flow
@@ -53,3 +55,20 @@ def test_the_default_codec_is_smaller_than_the_old_default_and_both_read(frames:
         with h5py.File(shard, "r") as f:  # plain h5py (hdf5plugin registered on import by the store)
             assert f["videos/ucf/flow"].shape[0] > 10
     assert sizes[FlowOptions().compression] <= sizes["lz4"]
+
+
+def test_a_rerun_without_compression_resumes_a_store_of_the_old_default(frames: Path, tmp_path: Path) -> None:
+    """A store started with ``lz4`` (the earlier default) resumes under the CLI's default instead of stopping on a
+    parameter mismatch; a new store gets ``zstd``."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    compute_flow(frames, old, FlowOptions(params=LIGHT, backend="opencv", compression="lz4"), progress=False)
+    light = ["--nscales", "2", "--warps", "1", "--inner-iterations", "10", "--outer-iterations", "2", "--quiet"]
+    outputs = {}
+    for out in (old, new):
+        result = CliRunner().invoke(cli, ["compute-flow", "--frames", str(frames), "--out", str(out), *light])
+        assert result.exit_code == 0, result.output
+        outputs[out] = result.output
+    assert "0 done, 1 skipped" in outputs[old]  # resumed: nothing redone
+    assert "1 done, 0 skipped" in outputs[new]
+    assert read_store_meta(old, "flow")["params"]["compression"] == "lz4"
+    assert read_store_meta(new, "flow")["params"]["compression"] == "zstd"
