@@ -190,7 +190,8 @@ def run_stage(name: str, sink: Sink, items: list[WorkItem], execute: Executor, *
                 continue
             if event.status == "disk_full":
                 raise StoreError(f"{sink.root}: disk full while writing {event.video_id}; the store is intact "
-                                 "(finished videos are kept): free some space and rerun the same command")
+                                 "(finished videos are kept): free some space and rerun the same command "
+                                 f"[{event.message}]")
             _account(summary, event, report, bar.write(log))
             summary.processed += bar.finish(event)
             shard = shard_of[event.video_id]
