@@ -23,6 +23,7 @@ import errno
 import json
 import os
 import shutil
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -321,9 +322,10 @@ class ShardedReader:
     """Random access to the videos of a store, across all its sealed shards, without any global lock.
 
     The index (video id -> shard) is built on first use; HDF5 handles are opened lazily, at most
-    ``MAX_OPEN_SHARDS`` at a time, and re-opened after a fork, so one reader object can be handed to DataLoader
-    worker processes. A group returned by :meth:`group` is valid until its shard is closed, i.e. until
-    ``MAX_OPEN_SHARDS`` other shards were opened after it: use it right away, do not keep it.
+    ``MAX_OPEN_SHARDS`` at a time per thread, and re-opened after a fork, so one reader object can be handed to
+    DataLoader worker processes and shared by reader threads (each thread closes only its own handles, never one
+    that another thread is reading from). A group returned by :meth:`group` is valid until its shard is closed,
+    i.e. until the same thread opened ``MAX_OPEN_SHARDS`` other shards after it: use it right away, do not keep it.
     """
 
     def __init__(self, root: str | Path, kind: str) -> None:
@@ -332,8 +334,30 @@ class ShardedReader:
         self.meta = read_store_meta(self.root, kind)
         self.layout = StoreLayout(self.root, kind, int(self.meta["num_shards"]))
         self._index: dict[str, Path] | None = None
-        self._handles: OrderedDict[Path, h5py.File] = OrderedDict()  # least recently used first
+        self._forget_handles()
+
+    def _forget_handles(self) -> None:
+        """Start with no open handle (a new, unpickled or forked reader; after close)."""
         self._pid = os.getpid()
+        self._local = threading.local()  # .handles: this thread's LRU of open shards, least recently used first
+        self._caches: list[OrderedDict[Path, h5py.File]] = []  # every thread's LRU, for close()
+        self._caches_lock = threading.Lock()
+
+    def _thread_handles(self) -> OrderedDict[Path, h5py.File]:
+        if os.getpid() != self._pid:  # forked into a worker: never share HDF5 handles across processes
+            self._forget_handles()
+        handles = getattr(self._local, "handles", None)
+        if handles is None:
+            handles = self._local.handles = OrderedDict()
+            with self._caches_lock:
+                self._caches.append(handles)
+        return handles
+
+    @property
+    def open_shards(self) -> int:
+        """How many shard files this reader holds open, over all threads."""
+        with self._caches_lock:
+            return sum(len(handles) for handles in self._caches)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -367,26 +391,32 @@ class ShardedReader:
         return {k: _plain(v) for k, v in self.group(video_id).attrs.items()}
 
     def _handle(self, path: Path) -> h5py.File:
-        """The open shard, from a small LRU of handles (at most ``MAX_OPEN_SHARDS``)."""
-        if os.getpid() != self._pid:  # forked into a worker: never share HDF5 handles across processes
-            self._handles = OrderedDict()
-            self._pid = os.getpid()
-        handle = self._handles.get(path)
+        """The open shard, from this thread's small LRU of handles (at most ``MAX_OPEN_SHARDS``)."""
+        handles = self._thread_handles()
+        handle = handles.get(path)
         if handle is not None and handle.id.valid:
-            self._handles.move_to_end(path)
+            handles.move_to_end(path)
             return handle
-        while len(self._handles) >= MAX_OPEN_SHARDS:
-            self._handles.popitem(last=False)[1].close()
-        self._handles[path] = handle = _open_read(path)
+        while len(handles) >= MAX_OPEN_SHARDS:
+            handles.popitem(last=False)[1].close()
+        handles[path] = handle = _open_read(path)
         return handle
 
     def close(self) -> None:
-        for handle in self._handles.values():
-            handle.close()
-        self._handles = OrderedDict()
+        """Close every shard this reader opened, in any thread (call it once the threads are done reading)."""
+        with self._caches_lock:
+            caches = self._caches
+        for handles in caches:
+            for handle in handles.values():
+                handle.close()
+        self._forget_handles()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_handles": OrderedDict()}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_local", "_caches", "_caches_lock")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._forget_handles()
 
     def __enter__(self) -> "ShardedReader":
         return self

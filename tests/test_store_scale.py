@@ -39,7 +39,7 @@ for i, vid in enumerate(ids):
     peak_files = max(peak_files, len(os.listdir("/proc/self/fd")))
     if i in (len(ids) // 4, len(ids) - 1):
         rss.append(rss_kb())
-print(json.dumps({{"videos": len(ids), "read": total, "open_shards": len(store._handles), "peak_files": peak_files,
+print(json.dumps({{"videos": len(ids), "read": total, "open_shards": store.open_shards, "peak_files": peak_files,
                   "rss_kb": rss}}))
 """
 
@@ -81,6 +81,31 @@ def test_reading_every_shard_keeps_files_and_memory_flat(big_store: Path) -> Non
     first, last = result["rss_kb"]
     # ~825 more shards were opened and closed between the two samples; 0.45 MB each if they had stayed open
     assert last - first < 40_000, result
+
+
+def test_reader_threads_sharing_one_store_never_lose_a_file(big_store: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """compute-flow's reader threads share one FrameStore: a thread evicting a shard from the LRU must not close a
+    file another thread is reading (with one handle allowed, a shared LRU closes them under each other)."""
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    import actrec.pipeline.store as store_module
+    from actrec.pipeline.frames import FrameStore
+
+    monkeypatch.setattr(store_module, "MAX_OPEN_SHARDS", 1)
+    store = FrameStore(big_store)
+    ids = store.video_ids
+
+    def read_many(seed: int) -> int:
+        picks = random.Random(seed).sample(ids, 150)
+        return sum(store.read(vid).shape == (2, 8, 8, 3) for vid in picks)
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(read_many, range(4))) == [150] * 4
+    assert store.open_shards == 4  # one per thread
+    store.close()
+    assert store.open_shards == 0
 
 
 def test_plain_h5py_reads_a_shard_that_a_framestore_holds_open(videos_dir: Path, tmp_path: Path) -> None:
