@@ -85,7 +85,7 @@ def predict_videos(videos: Sequence[str | Path], checkpoint: str | Path, *, fusi
     saved = load_checkpoint(checkpoint)
     extract, flow_options = stage_options(saved["config"], gpu)
     inputs = {f"v{i:05d}_{Path(v).stem}": str(v) for i, v in enumerate(videos)}
-    rows = [ManifestRow(vid, str(Path(v).resolve()).lstrip("/"), -1, "", "test") for vid, v in inputs.items()]
+    rows = [ManifestRow(vid, str(Path(v).absolute()).lstrip("/"), -1, "", "test") for vid, v in inputs.items()]
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="actrec-predict-") as tmp:
         work = Path(tmp)
