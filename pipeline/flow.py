@@ -41,7 +41,7 @@ BACKENDS = ("torch", "opencv")
 DTYPES = ("uint8", "float16")
 # HDF5 storage of a flow chunk (all lossless; the name is recorded in the store), measured by
 # benchmarks/bench_flowstore.py against mmaction2's JPEG folders (bytes, random 10-flow stack reads):
-# zstd (Zstandard level 3, the default) 2.1x the bytes, 2.1-2.4x the reads, ~1 ms to write a flow (level 9 saves 8%
+# zstd (Zstandard level 3, the default) 2.1-2.25x the bytes, 2.1-2.5x the reads, ~1 ms to write a flow (level 9 saves 8%
 # of the bytes at 5x the writing CPU, which a GPU writing 2,000 flows/s cannot spare); lz4hc (Blosc2 LZ4HC-9) 2.4x,
 # 4.0x; lz4 (Blosc LZ4, the default before) 3.4x, 3.7-4.0x; gzip 2.3x, 0.8x but readable by any HDF5 reader.
 COMPRESSIONS = {
