@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 from click.testing import CliRunner
@@ -59,6 +59,27 @@ def _error_line(output: str) -> str:
     return line
 
 
+def _stops_then_resumes(small_disk: Path, args: list[str], out: Path, kind: str, finished_before: range,
+                        check_intact: Callable[[], None] = lambda: None, expected: str = "") -> None:
+    """Run a stage on the small disk: it stops with exit 1 and one line naming ``out`` (with ``expected``), having
+    finished a number of videos in ``finished_before`` and left a readable store (``check_intact``); grown to
+    16 MB, the rerun finishes every clip and skips the videos the first run finished."""
+    full = CliRunner().invoke(cli, args)
+    assert full.exit_code == 1, full.output
+    line = _error_line(full.output)
+    assert f"{out}" in line and "disk full" in line and "store is intact" in line
+    assert expected in line, line
+    finished = _finished(out, kind)
+    assert finished in finished_before
+    check_intact()
+    assert _mount(small_disk, "16m", remount=True).returncode == 0
+    rerun = CliRunner().invoke(cli, args)
+    assert rerun.exit_code == 0, rerun.output
+    assert f"{len(CLIPS) - finished} done, {finished} skipped" in rerun.output
+    with (FrameStore if kind == "frames" else FlowStore)(out) as store:
+        assert sorted(store.video_ids) == sorted(Path(c).stem for c in CLIPS)
+
+
 def test_a_full_disk_stops_each_stage_with_one_line_and_the_rerun_finishes(small_disk: Path, videos_dir: Path,
                                                                            tmp_path: Path) -> None:
     manifest = tmp_path / "m.csv"
@@ -66,36 +87,17 @@ def test_a_full_disk_stops_each_stage_with_one_line_and_the_rerun_finishes(small
     frames = small_disk / "frames"
     extract = ["extract-frames", "--manifest", str(manifest), "--video-root", str(videos_dir), "--out", str(frames),
                "--size", "48x36", "--fps", "6", "--videos-per-shard", "1", "--quiet"]
-    full = CliRunner().invoke(cli, extract)
-    assert full.exit_code == 1, full.output
-    line = _error_line(full.output)
-    assert f"{frames}" in line and "disk full" in line and "MB left" in line and "store is intact" in line
-    finished = _finished(frames, "frames")
-    assert 0 < finished <= len(CLIPS)  # the last video may be finished but not sealed
-    with FrameStore(frames) as store:
-        assert all(store.read(v, [0]).shape == (1, 36, 48, 3) for v in store.video_ids)
 
-    assert _mount(small_disk, "16m", remount=True).returncode == 0
-    rerun = CliRunner().invoke(cli, extract)
-    assert rerun.exit_code == 0, rerun.output
-    assert f"{len(CLIPS) - finished} done, {finished} skipped" in rerun.output
-    with FrameStore(frames) as store:
-        assert sorted(store.video_ids) == sorted(Path(c).stem for c in CLIPS)
+    def frames_read() -> None:
+        with FrameStore(frames) as store:
+            assert all(store.read(v, [0]).shape == (1, 36, 48, 3) for v in store.video_ids)
+
+    # the last video may be finished but not sealed
+    _stops_then_resumes(small_disk, extract, frames, "frames", range(1, len(CLIPS) + 1), frames_read, "MB left")
 
     flow = small_disk / "flow"
     used_kb = shutil.disk_usage(small_disk).used // 1024
     assert _mount(small_disk, f"{used_kb + 350}k", remount=True).returncode == 0  # 350 KB left for the flow
     compute = ["compute-flow", "--frames", str(frames), "--out", str(flow), "--backend", "opencv",
                "--videos-per-shard", "1", "--nscales", "1", "--warps", "1", "--quiet"]
-    full = CliRunner().invoke(cli, compute)
-    assert full.exit_code == 1, full.output
-    line = _error_line(full.output)
-    assert f"{flow}" in line and "disk full" in line and "store is intact" in line
-    finished = _finished(flow, "flow")
-    assert finished < len(CLIPS)
-    assert _mount(small_disk, "16m", remount=True).returncode == 0
-    rerun = CliRunner().invoke(cli, compute)
-    assert rerun.exit_code == 0, rerun.output
-    assert f"{len(CLIPS) - finished} done, {finished} skipped" in rerun.output
-    with FlowStore(flow) as store:
-        assert sorted(store.video_ids) == sorted(Path(c).stem for c in CLIPS)
+    _stops_then_resumes(small_disk, compute, flow, "flow", range(len(CLIPS)))
