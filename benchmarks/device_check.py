@@ -1,7 +1,8 @@
 """GPU TV-L1 throughput and parity, from the inputs prepare_device_check.py saved (no PyAV, no opencv-contrib).
 
-For each solver path (``triton``: the fused Triton kernels; ``eager``: plain PyTorch; ``compile``: PyTorch fused
-by ``torch.compile``) and batch size, the 20 real 340x256 pairs are repeated up to the batch, solved once after
+For each solver path (``triton``: the fused Triton kernels, small batches replayed as CUDA graphs; ``triton-direct``:
+the same kernels launched one by one, ACTREC_TVL1_GRAPHS=0; ``eager``: plain PyTorch; ``compile``: PyTorch fused by
+``torch.compile``) and batch size, the 20 real 340x256 pairs are repeated up to the batch, solved once after
 a warm-up (compilation excluded, reported apart), and timed: pairs/s, and parity with OpenCV's flows (fraction
 of pixels within 0.1 px, overall and worst pair; a pair's flow does not depend on its batch, so the first 20
 flows stand for all). A path whose run exceeds ``--budget`` seconds skips its larger batches. Ends with a table.
@@ -22,8 +23,11 @@ import torch
 
 from actrec.pipeline.tvl1 import TVL1Params, tvl1_flow
 
-PATHS = {"triton": dict(kernels="triton"), "eager": dict(kernels="torch", compile=False),
-         "compile": dict(kernels="torch", compile=True)}
+# path: (tvl1_flow options, environment while it runs)
+PATHS = {"triton": (dict(kernels="triton"), {}),
+         "triton-direct": (dict(kernels="triton"), {"ACTREC_TVL1_GRAPHS": "0"}),
+         "eager": (dict(kernels="torch", compile=False), {}),
+         "compile": (dict(kernels="torch", compile=True), {})}
 
 
 def parity(flow: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
@@ -39,7 +43,21 @@ def sync(device: torch.device) -> None:
 def run_path(name: str, img0: np.ndarray, img1: np.ndarray, ref: np.ndarray, params: TVL1Params,
              batches: list[int], device: torch.device, budget: float) -> list[dict]:
     """Warm up, then time each batch size; rows of the final table."""
-    options = PATHS[name]
+    options, env = PATHS[name]
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        return _time_batches(name, options, img0, img1, ref, params, batches, device, budget)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _time_batches(name: str, options: dict, img0: np.ndarray, img1: np.ndarray, ref: np.ndarray,
+                  params: TVL1Params, batches: list[int], device: torch.device, budget: float) -> list[dict]:
     t = time.perf_counter()
     tvl1_flow(img0[:2], img1[:2], params, device=device, **options)
     sync(device)
@@ -83,8 +101,9 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=".device_check/prepared.npz")
-    ap.add_argument("--batches", type=int, nargs="+", default=[64, 256, 1024])
-    ap.add_argument("--paths", nargs="+", default=["triton", "compile", "eager"], choices=list(PATHS))
+    ap.add_argument("--batches", type=int, nargs="+", default=[8, 64, 256, 1024])
+    ap.add_argument("--paths", nargs="+", default=["triton", "triton-direct", "compile", "eager"],
+                    choices=list(PATHS))
     ap.add_argument("--budget", type=float, default=60.0, help="seconds per run before larger batches are skipped")
     ap.add_argument("--tiny", action="store_true", help="CPU dry run: 64x48 crops, few iterations, batches 2 and 4")
     args = ap.parse_args()
@@ -97,7 +116,7 @@ def main() -> None:
         params = TVL1Params(nscales=2, warps=1, outer_iterations=1, inner_iterations=3)
         args.batches = [2, 4]
         if os.environ.get("TRITON_INTERPRET") != "1":
-            args.paths = [p for p in args.paths if p != "triton"]
+            args.paths = [p for p in args.paths if not p.startswith("triton")]
     elif device.type != "cuda":
         raise SystemExit("no CUDA device: run with --tiny for a CPU dry run")
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"

@@ -2,8 +2,8 @@
 # The whole GPU check in one run (aimed at under 8 minutes on one H200):
 #   1. the CUDA tests (TV-L1 parity and batching on CUDA, the Triton kernels on CUDA against the CPU references,
 #      the models and training tests);
-#   2. TV-L1 pairs/s at 340x256 for the Triton, torch.compile and eager paths at batches 64/256/1024, with parity
-#      against OpenCV's flows (benchmarks/device_check.py);
+#   2. TV-L1 pairs/s at 340x256 for the Triton (with and without CUDA graphs), torch.compile and eager paths at
+#      batches 8/64/256/1024, with parity against OpenCV's flows (benchmarks/device_check.py);
 #   3. python benchmarks/bench_train.py --gpu;
 # then a short table. Inputs: .device_check/prepared.npz, made beforehand on a machine with PyAV and
 # opencv-contrib by `python benchmarks/prepare_device_check.py`, and carried (it is git-ignored). Wheels for PyAV
@@ -48,7 +48,7 @@ step tvl1_cuda_tests 150 env ACTREC_TVL1_PREPARED="$DATA" ACTREC_SHARED_DATA="$S
     "$PY" -m pytest -q -x -k "cuda" tests/test_tvl1.py tests/test_triton_tvl1.py -p no:cacheprovider
 step model_tests 90 "$PY" -m pytest -q tests/test_stilt.py tests/test_cotnet.py tests/test_cotlstm.py \
     tests/test_train.py -p no:cacheprovider
-step tvl1_throughput 200 "$PY" benchmarks/device_check.py --data "$DATA" --batches 64 256 1024 --budget 40
+step tvl1_throughput 200 "$PY" benchmarks/device_check.py --data "$DATA" --batches 8 64 256 1024 --budget 40
 step bench_train 80 "$PY" benchmarks/bench_train.py --gpu
 
 echo "== summary"

@@ -174,7 +174,23 @@ def _solver_check(img0: np.ndarray, img1: np.ndarray) -> dict:
     solver.solve_level = functools.partial(solver.solve_level, sync_inner=False)  # one host check per outer iteration
     tri = solver.tvl1_flow(img0, img1, params, kernels="triton", chunk=len(img0))
     return {"solver_equal": torch.equal(cpu, tri), "solver_moving": float(cpu[1:].abs().max()),
-            "solver_identical_zero": int(torch.count_nonzero(tri[0]))}
+            "solver_identical_zero": int(torch.count_nonzero(tri[0])),
+            **_graphed_solver_check(img0, img1, params, cpu)}
+
+
+def _graphed_solver_check(img0: np.ndarray, img1: np.ndarray, params, cpu: torch.Tensor) -> dict:
+    """The Triton solver with its blocks replayed through the graph runner (``eager_capture``: a CUDA graph's
+    static-buffer contract on the CPU) against the CPU solver."""
+    from actrec.pipeline.tvl1 import backend, solver, triton_step
+    from actrec.pipeline.tvl1.graphs import GraphedBlocks, eager_capture
+
+    graphs = GraphedBlocks(triton_step.block2, eager_capture)
+    backend._kernels_cache[("triton", None)] = backend._TritonKernels(graphs=graphs)
+    try:
+        tri = solver.tvl1_flow(img0, img1, params, kernels="triton", chunk=len(img0))
+    finally:
+        del backend._kernels_cache[("triton", None)]
+    return {"graphed_solver_equal": torch.equal(cpu, tri), "graphed_captures": graphs.captures}
 
 
 def run_checks(videos: Path) -> dict:
@@ -241,6 +257,10 @@ def test_triton_solver_equals_cpu_solver_on_real_crops(checks):
     assert checks["solver_moving"] > 0.1 and checks["solver_identical_zero"] == 0
 
 
+def test_triton_solver_with_replayed_blocks_equals_cpu_solver(checks):
+    assert checks["graphed_solver_equal"] and checks["graphed_captures"] >= 2  # one graph per level at least
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
 def test_kernels_on_cuda_equal_cpu_references(videos_dir: Path):
     """On a GPU: FMA contraction off, IEEE division and float64 square root make each kernel bit-identical to
@@ -255,6 +275,22 @@ def test_kernels_on_cuda_equal_cpu_references(videos_dir: Path):
     found["error_batch_equal"] = torch.equal(batch, alone)
     found.update(_warp_checks(img0, img1, "cuda"))
     assert all(found.values()), found
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+def test_cuda_graph_replay_equals_direct_launches(videos_dir: Path, monkeypatch):
+    """On a GPU: the solver with its small batches replayed as CUDA graphs (the default) gives the flow of
+    direct launches (ACTREC_TVL1_GRAPHS=0), bit for bit, at OpenCV's default parameters."""
+    from actrec.pipeline.tvl1 import backend, solver
+    from actrec.pipeline.tvl1.params import TVL1Params
+
+    img0, img1 = _real_crops(videos_dir)
+    graphed = solver.tvl1_flow(img0, img1, TVL1Params(), device="cuda")
+    captures = backend.get_kernels("triton", False)._cuda_graphs.captures
+    monkeypatch.setenv("ACTREC_TVL1_GRAPHS", "0")
+    direct = solver.tvl1_flow(img0, img1, TVL1Params(), device="cuda")
+    assert captures > 0
+    assert torch.equal(graphed, direct)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from actrec.errors import InputError
+from actrec.pipeline.tvl1.graphs import GraphedBlocks, cuda_capture, graphs_enabled
 from actrec.pipeline.tvl1.iteration import _block2, _block3
 from actrec.pipeline.tvl1.ops import _median_apply, remap_cubic
 
@@ -83,21 +84,30 @@ class _TritonKernels:
     """The fused Triton kernels (:mod:`.triton_step`, :mod:`.triton_warp`) behind the same names.
 
     The illumination variant (``block3``, gamma != 0, not OpenCV's default) has no Triton kernel and runs the
-    eager PyTorch functions. Under ``TRITON_INTERPRET=1`` the kernels run on the CPU through numpy (tests).
+    eager PyTorch functions. On CUDA, small batches of ``block2`` replay as CUDA graphs (:mod:`.graphs`; env
+    ACTREC_TVL1_GRAPHS=0 turns that off). Under ``TRITON_INTERPRET=1`` the kernels run on the CPU through numpy
+    (tests); ``graphs`` replaces the CUDA-only graph runner there.
     """
 
     name = "triton"
 
-    def __init__(self):
+    def __init__(self, graphs: GraphedBlocks | None = None):
         from actrec.pipeline.tvl1 import triton_step, triton_warp
 
         self.log: Log | None = None
         self._fns = {"block2": triton_step.block2, "block3": _block3, "median": triton_warp.median_blur_triton,
                      "remap": triton_warp.remap_cubic_triton}
+        self._graphs = graphs
+        self._cuda_graphs = GraphedBlocks(triton_step.block2, cuda_capture)
 
     def __call__(self, name: str, *args):
         if os.environ.get("TRITON_INTERPRET", "0") != "1":
             _Announcer.once(self.log)
+        if name == "block2":
+            if self._graphs is not None:
+                return self._graphs(*args)
+            if graphs_enabled(args[0].device):
+                return self._cuda_graphs(*args)
         return self._fns[name](*args)
 
 
