@@ -78,7 +78,7 @@ def report_floor(a: np.ndarray, b: np.ndarray) -> None:
     """Per pair, the inner iterations and pixel-iterations per pyramid level after per-pair stopping; then the
     bytes per fused iteration and the memory-bound floor on the H200."""
     params = TVL1Params()
-    steps, sizes = floor.iteration_counts(a, b, params)
+    steps, held, sizes = floor.held_counts(a, b, params)
     pix = floor.pixel_iterations(steps, sizes)
     levels = " ".join(f"{h}x{w}" for h, w in sizes)
     print(f"levels (finest first): {levels}; at most {params.warps * params.outer_iterations * params.inner_iterations}"
@@ -91,6 +91,21 @@ def report_floor(a: np.ndarray, b: np.ndarray) -> None:
           f" {floor.BYTES_PER_ITERATION} bytes per pixel per fused iteration")
     print(f"memory-bound floor at {floor.H200_COPY_BANDWIDTH / 1e12:.1f} TB/s: "
           f"{floor.floor_pairs_per_s(mean):.0f} pairs/s (one pass per iteration)", flush=True)
+    report_held(pix, floor.pixel_iterations(held, sizes), floor.pixel_iterations(np.minimum(held, 2 * params.warps),
+                                                                                 sizes))
+
+
+def report_held(pix: np.ndarray, held: np.ndarray, copied: np.ndarray) -> None:
+    """The traffic of stopped pairs still in their batch (GPU schedule): copied every iteration before frozen
+    pairs were skipped, at most twice per warp after."""
+    copy_bytes = 48  # a frozen pair's copy: reads and writes its 6 state planes
+    run = pix.sum() * floor.BYTES_PER_ITERATION
+    before, after = held.sum() * copy_bytes, copied.sum() * copy_bytes
+    print(f"held after stopping (GPU schedule): {held.sum(1).mean() / 1e6:.2f} M pixel-iterations per pair; frozen"
+          f" copies were {100 * before / (run + before):.1f}% of the traffic, now at most"
+          f" {100 * after / (run + after):.1f}% (two copies per warp): the floor moves from"
+          f" {floor.floor_pairs_per_s((run + before) / floor.BYTES_PER_ITERATION / len(pix)):.0f} to at least"
+          f" {floor.floor_pairs_per_s((run + after) / floor.BYTES_PER_ITERATION / len(pix)):.0f} pairs/s", flush=True)
 
 
 def report_memory(a: np.ndarray, b: np.ndarray) -> None:

@@ -84,13 +84,18 @@ def _to(tensors, dev: str):
 
 
 def _compare_block(state, consts, scalars, active, dev: str = "cpu") -> bool:
-    """Three fused iterations on ``dev`` against three reference iterations on the CPU: bit-identical?"""
+    """Four and five fused iterations on ``dev`` against as many reference iterations on the CPU: bit-identical?
+    A pair frozen from the start or during the block is copied twice and then left alone (double buffer); an even
+    and an odd count end in either buffer."""
     from actrec.pipeline.tvl1 import triton_step
     from actrec.pipeline.tvl1.iteration import _block2
 
-    ref = _block2(*state, *consts, active, *scalars, 3)
-    got = triton_step.block2(*_to(state, dev), *_to(consts, dev), active.to(dev), *_to(scalars, dev), 3)
-    return all(torch.equal(a, b.cpu()) for a, b in zip(ref, got))
+    def equal(k: int) -> bool:
+        ref = _block2(*state, *consts, active, *scalars, k)
+        got = triton_step.block2(*_to(state, dev), *_to(consts, dev), active.to(dev), *_to(scalars, dev), k)
+        return all(torch.equal(a, b.cpu()) for a, b in zip(ref, got))
+
+    return equal(4) and equal(5)
 
 
 def _error_sums(state, consts, scalars, dev: str = "cpu"):
@@ -105,7 +110,8 @@ def _error_sums(state, consts, scalars, dev: str = "cpu"):
         sub = tuple(t[rows].contiguous().to(dev) for t in state)
         out = tuple(torch.empty_like(t) for t in sub)
         return triton_step.fused_step(sub, out, *(t[rows].contiguous().to(dev) for t in consts),
-                                      torch.ones(len(rows), dtype=torch.bool, device=dev), l_t, theta, taut,
+                                      torch.ones(len(rows), dtype=torch.bool, device=dev),
+                                      torch.zeros(len(rows), dtype=torch.int32, device=dev), l_t, theta, taut,
                                       eps.reshape(1).to(dev)).cpu()
 
     batch = step(list(range(n)))

@@ -48,8 +48,20 @@ def test_iteration_counts_per_pair_and_level(small_pairs):
 def test_counting_does_not_change_the_flow(small_pairs):
     img0, img1 = small_pairs
     flow = tvl1_flow(img0, img1, FAST, compile=False)
-    counted, _ = solver._run(img0, img1, FAST, None, None, False, None, None, None, True)
+    counted = solver._run(img0, img1, FAST, None, None, False, None, None, None, True)[0]
     assert torch.equal(flow, counted)
+
+
+def test_held_counts_follow_the_gpu_schedule(small_pairs):
+    """On the GPU schedule a stopped pair stays in its batch to the end of the outer iteration: per level, its
+    iterations run plus held fill whole outer iterations, the same stops as on the CPU schedule."""
+    img0, img1 = small_pairs
+    steps, _ = floor.iteration_counts(img0, img1, FAST, compile=False)
+    gpu_steps, held, _ = floor.held_counts(img0, img1, FAST, compile=False)
+    assert np.array_equal(gpu_steps, steps)
+    assert ((steps + held) % FAST.inner_iterations == 0).all()
+    # the identical pair stops after one iteration of each warp and is held for the rest of that outer iteration
+    assert (held[0] == FAST.warps * (FAST.inner_iterations - 1)).all()
 
 
 def test_floor_arithmetic():

@@ -52,6 +52,7 @@ class _Kernels:
     """
 
     name = "torch"
+    max_block = 3  # inner iterations per call: torch.compile unrolls them, so few keep compilation short
 
     def __init__(self, compiled: bool):
         self.compiled = compiled
@@ -90,6 +91,9 @@ class _TritonKernels:
     """
 
     name = "triton"
+    # a whole outer iteration per call: one CUDA graph replays it, and a pair that stops in it is copied at most
+    # twice (the frozen-pair count lives within one call)
+    max_block = 1 << 20
 
     def __init__(self, graphs: GraphedBlocks | None = None):
         from actrec.pipeline.tvl1 import triton_step, triton_warp

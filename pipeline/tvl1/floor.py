@@ -38,12 +38,26 @@ def iteration_counts(img0, img1, params: TVL1Params = TVL1Params(), *, device=No
     Returns ``(steps, sizes)``: ``steps`` int64 ``(N, levels)`` (finest level first) and the levels' ``(H, W)``.
     The count is exact (the solver runs blocks of one iteration while counting); the flow is unchanged.
     """
+    steps, _, sizes = _counts(img0, img1, params, device, kernels, compile, None)
+    return steps, sizes
+
+
+def held_counts(img0, img1, params: TVL1Params = TVL1Params(), *, device=None, kernels: str | None = None,
+                compile: bool | None = None) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+    """``(steps, held, sizes)`` on the GPU's schedule (one host check per outer iteration): ``steps`` and
+    ``sizes`` as :func:`iteration_counts` (the same stops), ``held`` ``(N, levels)`` the inner iterations each
+    pair stayed in its batch after it had stopped, until the next check dropped it. The kernels still visit such
+    a pair: before frozen pairs were skipped, each of these iterations copied its state (48 bytes per pixel)."""
+    return _counts(img0, img1, params, device, kernels, compile, False)
+
+
+def _counts(img0, img1, params: TVL1Params, device, kernels, compile, sync_inner):
     from actrec.pipeline.tvl1.solver import _run
 
-    _, steps = _run(img0, img1, params, None, device, compile, None, kernels, None, True)
+    _, steps, held = _run(img0, img1, params, None, device, compile, None, kernels, None, True, sync_inner)
     shape = np.shape(img0)
     sizes = pyramid_sizes(shape[-2], shape[-1], params.nscales, params.scale_step)
-    return steps.cpu().numpy(), sizes
+    return steps.cpu().numpy(), held.cpu().numpy(), sizes
 
 
 def pixel_iterations(steps: np.ndarray, sizes: list[tuple[int, int]]) -> np.ndarray:

@@ -57,6 +57,7 @@ def solve_level(
     sync_inner: bool | None = None,
     kernels=None,
     steps: torch.Tensor | None = None,
+    held: torch.Tensor | None = None,
 ):
     """OpenCV's ``procOneScale`` for a batch: refine the flow (u1, u2[, u3]) ``(N, H, W)`` on one pyramid level.
 
@@ -65,7 +66,9 @@ def solve_level(
     stopped are frozen on the device and dropped from the batch at the next host check: after every block of
     iterations when ``sync_inner`` (default on CPU, where a check costs nothing), else once per outer iteration
     (default on CUDA). ``steps`` ``(N,)`` int64, if given, is incremented by the inner iterations each pair
-    ran before it stopped (blocks of one iteration then, so the count is exact; the flow does not change).
+    ran before it stopped (blocks of one iteration then, so the count is exact; the flow does not change), and
+    ``held`` ``(N,)``, if given, by the iterations a stopped pair stayed in the working batch until the next host
+    check dropped it (on the GPU, iterations whose kernels still visit the pair).
     """
     n, h, w = I0.shape
     dev = I0.device
@@ -93,7 +96,8 @@ def solve_level(
     if 1 < ksize <= 5:
         col_net, net = _median_network(ksize)
         col_net, net = tuple(col_net), tuple(net)
-    blocks = [1] * params.inner_iterations if steps is not None else _blocks(params.inner_iterations)
+    blocks = [1] * params.inner_iterations if steps is not None else _blocks(params.inner_iterations,
+                                                                             getattr(kernels, "max_block", 3))
 
     for _warp in range(params.warps):
         wconst = _warp_constants(I0, src, state["u1"], state["u2"], grid_x, grid_y, kernels)
@@ -123,7 +127,10 @@ def solve_level(
                 sub["u2"] = kernels("median", sub["u2"], ksize, col_net, net)
             for k in blocks:
                 if steps is not None:
-                    steps.index_add_(0, torch.arange(n, device=dev) if idx is None else idx, active.long())
+                    rows = torch.arange(n, device=dev) if idx is None else idx
+                    steps.index_add_(0, rows, active.long())
+                    if held is not None:
+                        held.index_add_(0, rows, (~active).long())
                 out = kernels(block, *(sub[name] for name in names), *(wsub[name] for name in _WARP_CONSTS),
                               active, *scalars, eps, k)
                 sub = dict(zip(names, out[:-1]))
@@ -206,9 +213,11 @@ def tvl1_flow(
 
 
 def _run(img0, img1, params: TVL1Params, initial_flow, device, compile, chunk, kernels, log,
-         count_steps: bool | None):
-    """:func:`tvl1_flow` returning ``(flow, steps)``; ``steps`` ``(N, levels)`` int64 inner iterations per pair
-    and level (finest first) when ``count_steps``, else None."""
+         count_steps: bool | None, sync_inner: bool | None = None):
+    """:func:`tvl1_flow` returning ``(flow, steps, held)``; when ``count_steps``, ``steps`` ``(N, levels)`` int64
+    inner iterations per pair and level (finest first) and ``held`` the iterations stopped pairs stayed in their
+    batch (:func:`solve_level`; ``sync_inner`` chooses the host-check schedule, default the device's), else
+    None."""
     dev = _resolve_device(device, img0)
     I0 = _as_batch(img0, "img0").to(dev)
     I1 = _as_batch(img1, "img1").to(dev)
@@ -227,12 +236,14 @@ def _run(img0, img1, params: TVL1Params, initial_flow, device, compile, chunk, k
     chunk = max(1, int(chunk))
     levels = len(pyramid_sizes(h, w, params.nscales, params.scale_step))
     steps = torch.zeros((n, levels), dtype=torch.int64, device=dev) if count_steps else None
+    held = torch.zeros_like(steps) if count_steps else None
     with torch.no_grad():
         parts = [_tvl1_pyramid(I0[i:i + chunk], I1[i:i + chunk], params,
                                None if flow0 is None else flow0[i:i + chunk], kset,
-                               None if steps is None else steps[i:i + chunk])
+                               None if steps is None else steps[i:i + chunk],
+                               None if held is None else held[i:i + chunk], sync_inner)
                  for i in range(0, n, chunk)]
-    return (parts[0] if len(parts) == 1 else torch.cat(parts)), steps
+    return (parts[0] if len(parts) == 1 else torch.cat(parts)), steps, held
 
 
 def _initial_flow(initial_flow, params: TVL1Params, n: int, h: int, w: int, dev) -> torch.Tensor | None:
@@ -252,10 +263,11 @@ def _initial_flow(initial_flow, params: TVL1Params, n: int, h: int, w: int, dev)
 
 
 def _tvl1_pyramid(I0: torch.Tensor, I1: torch.Tensor, params: TVL1Params, flow0: torch.Tensor | None,
-                  kernels, steps: torch.Tensor | None = None) -> torch.Tensor:
+                  kernels, steps: torch.Tensor | None = None, held: torch.Tensor | None = None,
+                  sync_inner: bool | None = None) -> torch.Tensor:
     """Coarse-to-fine driver (OpenCV's ``calc``): build the pyramids, solve each level, upsample the flow.
-    ``steps`` ``(N, levels)``: inner iterations per pair and level are added to it when given."""
-    """Coarse-to-fine driver (OpenCV's ``calc``): build the pyramids, solve each level, upsample the flow."""
+    ``steps`` and ``held`` ``(N, levels)``: the counts of :func:`solve_level` per pair and level are added to them
+    when given."""
     n, h, w = I0.shape
     sizes = pyramid_sizes(h, w, params.nscales, params.scale_step)
     step = params.scale_step
@@ -276,8 +288,9 @@ def _tvl1_pyramid(I0: torch.Tensor, I1: torch.Tensor, params: TVL1Params, flow0:
     u3 = torch.zeros_like(u1) if params.gamma != 0 else None
     up = _f32(1.0 / step)
     for s in range(len(sizes) - 1, -1, -1):
-        u1, u2, u3 = solve_level(I0s[s], I1s[s], u1, u2, u3, params, kernels=kernels,
-                                 steps=None if steps is None else steps[:, s])
+        u1, u2, u3 = solve_level(I0s[s], I1s[s], u1, u2, u3, params, kernels=kernels, sync_inner=sync_inner,
+                                 steps=None if steps is None else steps[:, s],
+                                 held=None if held is None else held[:, s])
         if s == 0:
             break
         u1 = resize_linear(u1, sizes[s - 1]) * up

@@ -73,10 +73,24 @@ def _hypot(a, b):
 
 
 @triton.jit
+def _copy_state(u1_ptr, u2_ptr, p11_ptr, p12_ptr, p21_ptr, p22_ptr, o1_ptr, o2_ptr, q11_ptr, q12_ptr, q21_ptr,
+                q22_ptr, off, m):
+    """A frozen pair's tile, copied from the old state to the new buffers."""
+    tl.store(o1_ptr + off, tl.load(u1_ptr + off, mask=m), mask=m)
+    tl.store(o2_ptr + off, tl.load(u2_ptr + off, mask=m), mask=m)
+    tl.store(q11_ptr + off, tl.load(p11_ptr + off, mask=m), mask=m)
+    tl.store(q12_ptr + off, tl.load(p12_ptr + off, mask=m), mask=m)
+    tl.store(q21_ptr + off, tl.load(p21_ptr + off, mask=m), mask=m)
+    tl.store(q22_ptr + off, tl.load(p22_ptr + off, mask=m), mask=m)
+
+
+@triton.jit
 def _step_kernel(u1_ptr, u2_ptr, p11_ptr, p12_ptr, p21_ptr, p22_ptr, wx_ptr, wy_ptr, rc_ptr, gs_ptr,
-                 o1_ptr, o2_ptr, q11_ptr, q12_ptr, q21_ptr, q22_ptr, act_ptr, part_ptr,
+                 o1_ptr, o2_ptr, q11_ptr, q12_ptr, q21_ptr, q22_ptr, act_ptr, frz_ptr, part_ptr,
                  H, W, l_t, theta, taut, BH: tl.constexpr, BW: tl.constexpr):
-    """One primal-dual iteration of one tile; frozen pairs (``act`` false) copy their state unchanged."""
+    """One primal-dual iteration of one tile. A frozen pair (``act`` false) copies its state unchanged for its
+    first two iterations frozen (``frz`` counts them), after which both buffers of the double buffer hold it and
+    the pair costs no memory traffic at all."""
     # grid: (pairs, row tiles, column tiles)
     pid_n = tl.program_id(0)
     pid_y = tl.program_id(1)
@@ -117,17 +131,15 @@ def _step_kernel(u1_ptr, u2_ptr, p11_ptr, p12_ptr, p21_ptr, p22_ptr, wx_ptr, wy_
         tl.store(q22_ptr + off, tl.div_rn(p22 + taut * uy2, ng2), mask=m)
     else:
         tl.store(part_ptr + pid_n.to(tl.int64) * n_tiles + tile, 0.0)
-        tl.store(o1_ptr + off, tl.load(u1_ptr + off, mask=m), mask=m)
-        tl.store(o2_ptr + off, tl.load(u2_ptr + off, mask=m), mask=m)
-        tl.store(q11_ptr + off, tl.load(p11_ptr + off, mask=m), mask=m)
-        tl.store(q12_ptr + off, tl.load(p12_ptr + off, mask=m), mask=m)
-        tl.store(q21_ptr + off, tl.load(p21_ptr + off, mask=m), mask=m)
-        tl.store(q22_ptr + off, tl.load(p22_ptr + off, mask=m), mask=m)
+        if tl.load(frz_ptr + pid_n) < 2:
+            _copy_state(u1_ptr, u2_ptr, p11_ptr, p12_ptr, p21_ptr, p22_ptr, o1_ptr, o2_ptr, q11_ptr, q12_ptr,
+                        q21_ptr, q22_ptr, off, m)
 
 
 @triton.jit
-def _pair_error_kernel(part_ptr, act_ptr, err_ptr, eps_ptr, T, BLOCK: tl.constexpr):
-    """Per pair: the sum of its ``T`` tile errors in a fixed order, and ``active &= error > eps``."""
+def _pair_error_kernel(part_ptr, act_ptr, frz_ptr, err_ptr, eps_ptr, T, BLOCK: tl.constexpr):
+    """Per pair: the sum of its ``T`` tile errors in a fixed order, ``active &= error > eps``, and one more
+    iteration frozen for a pair that was frozen during this one."""
     # grid: (pairs,)
     pid = tl.program_id(0)
     acc = tl.zeros([BLOCK], dtype=tl.float64)
@@ -138,6 +150,7 @@ def _pair_error_kernel(part_ptr, act_ptr, err_ptr, eps_ptr, T, BLOCK: tl.constex
     tl.store(err_ptr + pid, err)
     active = tl.load(act_ptr + pid)
     tl.store(act_ptr + pid, active & (err > tl.load(eps_ptr)))
+    tl.store(frz_ptr + pid, tl.load(frz_ptr + pid) + (active == 0).to(tl.int32))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -160,19 +173,21 @@ def _tiles(h: int, w: int) -> tuple[int, int]:
 
 def fused_step(state: tuple[torch.Tensor, ...], out: tuple[torch.Tensor, ...], I1wx: torch.Tensor,
                I1wy: torch.Tensor, rho_c: torch.Tensor, grad_safe: torch.Tensor, active: torch.Tensor,
-               l_t: float, theta: float, taut: float, eps: torch.Tensor) -> torch.Tensor:
+               frozen: torch.Tensor, l_t: float, theta: float, taut: float, eps: torch.Tensor) -> torch.Tensor:
     """One iteration of ``state`` = (u1, u2, p11, p12, p21, p22), each float32 ``(N, H, W)`` contiguous, into
-    ``out`` (same shapes, distinct memory). Pairs with ``active`` false ((N,) bool) are copied unchanged;
+    ``out`` (same shapes, distinct memory). Pairs with ``active`` false ((N,) bool) are copied unchanged while
+    ``frozen`` ((N,) int32, iterations frozen so far, updated in place) is below 2, and left alone after, when
+    ``out`` already holds their state (double buffering: the caller alternates two buffer sets from the start).
     ``active`` is updated in place to ``active & (error > eps)``. Returns the per-pair error (N,) float64 (0 for
     frozen pairs)."""
     n, h, w = state[0].shape
     bh, bw = _tiles(h, w)
     grid = (n, triton.cdiv(h, bh), triton.cdiv(w, bw))
     parts = torch.empty((n, grid[1] * grid[2]), dtype=torch.float64, device=state[0].device)
-    _step_kernel[grid](*state, I1wx, I1wy, rho_c, grad_safe, *out, active, parts, h, w, l_t, theta, taut,
+    _step_kernel[grid](*state, I1wx, I1wy, rho_c, grad_safe, *out, active, frozen, parts, h, w, l_t, theta, taut,
                        BH=bh, BW=bw, enable_fp_fusion=False)
     err = torch.empty(n, dtype=torch.float64, device=state[0].device)
-    _pair_error_kernel[(n,)](parts, active, err, eps, parts.shape[1], BLOCK=SUM_BLOCK, enable_fp_fusion=False)
+    _pair_error_kernel[(n,)](parts, active, frozen, err, eps, parts.shape[1], BLOCK=SUM_BLOCK, enable_fp_fusion=False)
     return err
 
 
@@ -184,10 +199,11 @@ def block2(u1, u2, p11, p12, p21, p22, I1wx, I1wy, rho_c, grad_safe, active, l_t
     state = tuple(t.contiguous() for t in (u1, u2, p11, p12, p21, p22))
     consts = tuple(t.contiguous() for t in (I1wx, I1wy, rho_c, grad_safe))
     active = active.clone()
+    frozen = torch.zeros(active.shape, dtype=torch.int32, device=active.device)
     eps = eps.reshape(1).to(torch.float64)
     buffers = [tuple(torch.empty_like(t) for t in state) for _ in range(min(k, 2))]
     for i in range(k):
         out = buffers[i % 2]
-        fused_step(state, out, *consts, active, l_t, theta, taut, eps)
+        fused_step(state, out, *consts, active, frozen, l_t, theta, taut, eps)
         state = out
     return (*state, active)
