@@ -21,7 +21,8 @@ from joblib import Parallel, delayed
 from tqdm import tqdm
 
 from actrec.errors import InputError, StoreError
-from actrec.pipeline.store import Dataset, StoreLayout, is_disk_full, write_part
+from actrec.pipeline.diskspace import is_disk_full
+from actrec.pipeline.store import Dataset, StoreLayout, write_part
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,8 @@ to rank ``k % world_size``, so no two processes ever write the same file.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
-import shutil
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -34,6 +32,7 @@ import hdf5plugin  # noqa: F401  (registers the Zstd, Blosc and Blosc2 filters t
 import numpy as np
 
 from actrec.errors import StoreError
+from actrec.pipeline.diskspace import check_free_space, store_io_error
 
 FORMAT_VERSION = 1
 META_FILE = "actrec_store.json"
@@ -45,10 +44,6 @@ MAX_OPEN_SHARDS = 16
 # HDF5's chunk cache per open dataset: 1 MiB holds a few flow chunks (a 340x256 flow is 174 KB); set explicitly so
 # that the bound does not depend on the HDF5 build. Slots: a prime well above the chunks that fit.
 CHUNK_CACHE = dict(rdcc_nbytes=1 << 20, rdcc_nslots=521, rdcc_w0=0.75)
-# Free space kept in hand beyond a file's estimated size: HDF5 metadata, the vlen heap, other small writes.
-# Why check at all: h5py 3.16 with HDF5 2.0 crashes (segmentation fault) closing a file after ENOSPC in a
-# compressed chunk write, so a full disk must be seen before the write, not handled after it.
-_SPACE_RESERVE = 256 << 10
 
 
 @dataclass(frozen=True)
@@ -147,21 +142,6 @@ def _new_file(path: Path, kind: str) -> h5py.File:
     f.attrs["format_version"] = FORMAT_VERSION
     f.create_group(VIDEOS)
     return f
-
-
-class NotEnoughSpace(OSError):
-    """The file system of a store has less free space than the next file needs (an ENOSPC raised before writing)."""
-
-    def __init__(self, folder: Path, needed: int, free: int, what: str) -> None:
-        super().__init__(errno.ENOSPC, f"disk full: {what} needs {needed / 1e6:.1f} MB, {free / 1e6:.1f} MB left "
-                                       f"in {folder}")
-
-
-def check_free_space(folder: Path, needed: int, what: str) -> None:
-    """Raise NotEnoughSpace unless ``folder``'s file system has ``needed`` bytes (plus a small reserve) free."""
-    free = shutil.disk_usage(folder).free
-    if free < needed + _SPACE_RESERVE:
-        raise NotEnoughSpace(folder, needed + _SPACE_RESERVE, free, what)
 
 
 def _stored_size(datasets: Mapping[str, Dataset]) -> int:
@@ -274,7 +254,7 @@ def seal_shard(layout: StoreLayout, shard: int) -> int:
         tmp.replace(final)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise _store_io_error(final, exc) from None
+        raise store_io_error(final, exc) from None
     for part in parts.values():
         part.unlink(missing_ok=True)
     _remove_empty(layout.parts_dir(shard))
@@ -303,19 +283,6 @@ def _remove_empty(folder: Path) -> None:
     with contextlib.suppress(OSError):
         folder.rmdir()
         folder.parent.rmdir()
-
-
-def _store_io_error(path: Path, exc: OSError) -> StoreError:
-    if exc.errno == errno.ENOSPC:
-        reason = exc.strerror if isinstance(exc, NotEnoughSpace) else "disk full"
-        return StoreError(f"{path}: {reason}; the store is intact (finished videos are kept), "
-                          "free some space and rerun the same command to resume")
-    return StoreError(f"{path}: write failed ({exc.strerror or exc})")
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    """True for the OSError a full disk raises (h5py wraps it, so the message is checked too)."""
-    return isinstance(exc, OSError) and (exc.errno == errno.ENOSPC or "No space left" in str(exc))
 
 
 class ShardedReader:
