@@ -63,6 +63,7 @@ class ClipSource:
         self.flow = FlowStore(flow_root)
         self.rows = list(rows)
         self.flow_length = flow_length
+        self._num_flows: dict[int, int] = {}  # per video, read once (an HDF5 group and attribute lookup each)
         for store, root in ((self.frames, frames_root), (self.flow, flow_root)):
             missing = [r.video_id for r in self.rows if r.video_id not in store]
             if missing:
@@ -78,10 +79,13 @@ class ClipSource:
 
     def num_flows(self, index: int) -> int:
         """Flows of a video; a video with none raises StoreError (it cannot make a clip)."""
-        video_id = self.rows[index].video_id
-        count = self.flow.num_flows(video_id)
-        if count < 1:
-            raise StoreError(f"{self.flow.root}: video {video_id!r} has no flow (fewer than two frames)")
+        count = self._num_flows.get(index)
+        if count is None:
+            video_id = self.rows[index].video_id
+            count = self.flow.num_flows(video_id)
+            if count < 1:
+                raise StoreError(f"{self.flow.root}: video {video_id!r} has no flow (fewer than two frames)")
+            self._num_flows[index] = count
         return count
 
     def num_positions(self, index: int) -> int:
