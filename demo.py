@@ -16,13 +16,18 @@ classes (a temporal stream cannot), so each stream alone falls short and fusion 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
+from joblib import Parallel, delayed
 
 from actrec.errors import ActrecError
 from actrec.fusion.model import LateFusion, apply_fusion, load_fusion
@@ -61,11 +66,11 @@ class DemoResult:
 RUNS = {"two-stream": ("stilt", ["--no-co-attention"]), "stilt": ("stilt", []), "cotlstm": ("cotlstm", [])}
 
 
-def demo_commands(workdir: Path, config: DemoConfig) -> list[list[str]]:
-    """The command lines of the demo, in order (arguments of ``actrec``)."""
+def data_commands(workdir: Path, config: DemoConfig) -> list[list[str]]:
+    """The data stages of the demo, run in this order: synth, extract-frames, compute-flow."""
     w = str(workdir)
     size = f"{config.size}x{config.size}"
-    commands = [
+    return [
         ["synth", "--out", f"{w}/synth", "--videos-per-class", str(config.videos_per_class), "--frames",
          str(config.frames), "--size", size, "--seed", str(config.seed)],
         ["extract-frames", "--manifest", f"{w}/synth/manifest.csv", "--video-root", f"{w}/synth/videos", "--out",
@@ -73,22 +78,33 @@ def demo_commands(workdir: Path, config: DemoConfig) -> list[list[str]]:
         ["compute-flow", "--frames", f"{w}/frames", "--out", f"{w}/flow", "--workers", str(config.workers),
          "--quiet"],
     ]
-    for run, (model, extra) in RUNS.items():
-        commands.append(["train", model, "--frames", f"{w}/frames", "--flow", f"{w}/flow", "--manifest",
-                         f"{w}/synth/manifest.csv", "--out", f"{w}/runs/{run}", "--reduced", "--crop",
-                         str(config.crop), "--resize", str(config.size), "--batch-size", str(config.batch_size),
-                         "--iterations", str(config.iterations), "--lr", str(config.lr), "--no-flip", "--seed",
-                         str(config.seed), "--workers", "0", "--quiet", *extra])
-        for split in ("train", "test"):
-            commands.append(["evaluate", "--checkpoint", f"{w}/runs/{run}/checkpoint.pt", "--split", split, "-o",
-                             f"{w}/scores/{run}_{split}.npz", "--positions", str(config.positions), "--crops",
-                             "center", "--features", "--workers", "0", "--quiet"])
-        scores = ["--train-scores", f"{w}/scores/{run}_train.npz", "--test-scores", f"{w}/scores/{run}_test.npz"]
-        commands.append(["fit-fusion", *scores, "--method", "all", "-o", f"{w}/fusion/{run}.json", "--plot",
-                         f"{w}/fusion/{run}_weights.png"])
-        if run == "stilt":
-            commands.append(["fit-fusion", *scores, "--method", "early", "-o", f"{w}/fusion/{run}_early.json"])
+
+
+def model_commands(workdir: Path, config: DemoConfig, run: str) -> list[list[str]]:
+    """One model's chain, run in this order: train, evaluate (train and test split), fit-fusion. The chains of
+    the models share no file, so they can run side by side."""
+    w = str(workdir)
+    model, extra = RUNS[run]
+    commands = [["train", model, "--frames", f"{w}/frames", "--flow", f"{w}/flow", "--manifest",
+                 f"{w}/synth/manifest.csv", "--out", f"{w}/runs/{run}", "--reduced", "--crop", str(config.crop),
+                 "--resize", str(config.size), "--batch-size", str(config.batch_size), "--iterations",
+                 str(config.iterations), "--lr", str(config.lr), "--no-flip", "--seed", str(config.seed),
+                 "--workers", "0", "--quiet", *extra]]
+    for split in ("train", "test"):
+        commands.append(["evaluate", "--checkpoint", f"{w}/runs/{run}/checkpoint.pt", "--split", split, "-o",
+                         f"{w}/scores/{run}_{split}.npz", "--positions", str(config.positions), "--crops",
+                         "center", "--features", "--workers", "0", "--quiet"])
+    scores = ["--train-scores", f"{w}/scores/{run}_train.npz", "--test-scores", f"{w}/scores/{run}_test.npz"]
+    commands.append(["fit-fusion", *scores, "--method", "all", "-o", f"{w}/fusion/{run}.json", "--plot",
+                     f"{w}/fusion/{run}_weights.png"])
+    if run == "stilt":
+        commands.append(["fit-fusion", *scores, "--method", "early", "-o", f"{w}/fusion/{run}_early.json"])
     return commands
+
+
+def demo_commands(workdir: Path, config: DemoConfig) -> list[list[str]]:
+    """Every command line of the demo (arguments of ``actrec``): the data stages, then each model's chain."""
+    return [*data_commands(workdir, config), *(argv for run in RUNS for argv in model_commands(workdir, config, run))]
 
 
 def resume_started_training(argv: list[str]) -> list[str]:
@@ -110,6 +126,43 @@ def run_command(argv: list[str]) -> None:
             raise ActrecError(f"demo step failed (exit {exc.code}): actrec {' '.join(argv)}") from None
 
 
+def run_logged(argv: list[str]) -> list[str]:
+    """Run one command (resuming a started training) and return what the demo prints for it: the command line,
+    its output, and its time. The output is captured so that a chain run in another process prints in one piece."""
+    argv = resume_started_training(argv)
+    step = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        run_command(argv)
+    return [f"\n$ actrec {' '.join(argv)}", *out.getvalue().rstrip("\n").splitlines(),
+            f"[{argv[0]}: {time.perf_counter() - step:.1f} s]"]
+
+
+def run_chain(commands: list[list[str]], threads: int) -> list[str]:
+    """Run one model's chain with ``threads`` torch threads; the lines to print."""
+    torch.set_num_threads(threads)
+    return [line for argv in commands for line in run_logged(argv)]
+
+
+# Longest training first, so that the chains side by side finish close together (CoT-LSTM's costs most).
+CHAIN_ORDER = ("cotlstm", "two-stream", "stilt")
+
+
+def run_models(workdir: Path, config: DemoConfig, echo: Callable[[str], None]) -> None:
+    """The three models' chains side by side in ``config.workers`` processes (joblib), each with its share of the
+    cores: on 2 cores two small trainings with one thread each finish sooner than one after the other with two
+    threads each, which the tiny convolutions of the reduced models barely use. A chain's lines are printed when it
+    ends."""
+    jobs = max(1, min(config.workers, len(RUNS)))
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    echo(f"\nTraining, evaluating and fusing {len(RUNS)} models ({', '.join(CHAIN_ORDER)}) in {jobs} "
+         f"process{'es' if jobs > 1 else ''}, {threads} thread{'s' if threads > 1 else ''} each; each model's "
+         "commands are printed when it is done.")
+    chains = (delayed(run_chain)(model_commands(workdir, config, run), threads) for run in CHAIN_ORDER)
+    for lines in Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered")(chains):
+        for line in lines:
+            echo(line)
+
+
 def run_demo(workdir: str | Path, config: DemoConfig = DemoConfig(),
              echo: Callable[[str], None] = print) -> DemoResult:
     """Run every demo command, then print and return the ablation tables."""
@@ -117,11 +170,10 @@ def run_demo(workdir: str | Path, config: DemoConfig = DemoConfig(),
     workdir = Path(workdir)
     for subdir in ("scores", "fusion"):
         (workdir / subdir).mkdir(parents=True, exist_ok=True)
-    for argv in map(resume_started_training, demo_commands(workdir, config)):
-        echo(f"\n$ actrec {' '.join(argv)}")
-        step = time.perf_counter()
-        run_command(argv)
-        echo(f"[{argv[0]}: {time.perf_counter() - step:.1f} s]")
+    for argv in data_commands(workdir, config):
+        for line in run_logged(argv):
+            echo(line)
+    run_models(workdir, config, echo)
     rows = ablation_rows(workdir)
     awf = awf_favours(load_fusion(workdir / "fusion" / "stilt.json"))
     seconds = time.perf_counter() - start

@@ -10,7 +10,8 @@ import numpy as np
 from click.testing import CliRunner
 
 from actrec.cli import cli
-from actrec.demo import DemoConfig, awf_check_line, awf_favours, demo_commands, resume_started_training
+from actrec.demo import (CHAIN_ORDER, RUNS, DemoConfig, awf_check_line, awf_favours, demo_commands, model_commands,
+                         resume_started_training)
 from actrec.fusion.model import LateFusion
 from actrec.pipeline.synth import CLASSES
 
@@ -73,3 +74,13 @@ def test_rerun_resumes_a_started_training(tmp_path: Path) -> None:
     (tmp_path / "runs" / "stilt" / "checkpoint.pt").write_bytes(b"")
     resumed = [argv for argv in map(resume_started_training, commands) if argv[-1] == "--resume"]
     assert len(resumed) == 1 and resumed[0][resumed[0].index("--out") + 1] == str(tmp_path / "runs" / "stilt")
+
+
+def test_model_chains_share_no_output_and_cover_every_run(tmp_path: Path) -> None:
+    """The chains run side by side: together they are every model command, and no two write the same file."""
+    assert sorted(CHAIN_ORDER) == sorted(RUNS)
+    outputs = [argv[argv.index(flag) + 1] for run in RUNS for argv in model_commands(tmp_path, DemoConfig(), run)
+               for flag in ("--out", "-o", "--plot") if flag in argv]
+    assert len(outputs) == len(set(outputs))
+    chained = [argv for run in RUNS for argv in model_commands(tmp_path, DemoConfig(), run)]
+    assert chained == demo_commands(tmp_path, DemoConfig())[3:]
