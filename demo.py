@@ -1,7 +1,8 @@
 """`actrec demo`: the whole pipeline on a generated dataset on the CPU, ending with the papers' ablation tables.
 
-It runs the real commands in order (``synth``, ``extract-frames``, ``compute-flow``, ``train``, ``evaluate``,
-``fit-fusion``) in a work folder, each printed as the command line a user would type, and then reports:
+It runs the real commands (``synth``, ``extract-frames``, ``compute-flow``, then for each model ``train``,
+``evaluate`` and ``fit-fusion``, the models side by side) in a work folder, each printed as the command line a user
+would type, and then reports:
 
 * STILT Table 4 layout (test top-1): spatial stream, temporal stream, two-stream late average (a STILT trained
   without co-attention), + co-attention (the STILT with it, late average), + AWF (its streams fused by the
@@ -41,8 +42,15 @@ class DemoConfig:
     """Sizes of the demo run; the defaults finish in a few minutes on 2 CPU cores."""
 
     videos_per_class: int = 10  # x 12 synthetic classes
+    splits: tuple[float, float, float] = (0.8, 0.0, 0.2)  # train, val, test: 8 and 2 per class (no val is used)
     frames: int = 16  # per video (15 flows: enough for stacks of 10)
     size: int = 64  # frames are size x size
+    object_size: float = 0.45  # of the frame side: 29 px at 64, where shapes and textures stay legible
+    # TV-L1 pyramid: OpenCV's 5 levels x 5 warps are sized for 340x256 frames; at 64x64 with motion of at most
+    # 2.5 px per frame, 3 levels (down to 41 px) x 3 warps give flows within 0.034 px of the default's (mean, far
+    # below the 0.157 px step of the uint8 store) in 57% of the time (benchmarks/RESULTS.md, "Demo")
+    nscales: int = 3
+    warps: int = 3
     crop: int = 56  # network input
     iterations: int = 600  # per model
     batch_size: int = 8
@@ -72,11 +80,12 @@ def data_commands(workdir: Path, config: DemoConfig) -> list[list[str]]:
     size = f"{config.size}x{config.size}"
     return [
         ["synth", "--out", f"{w}/synth", "--videos-per-class", str(config.videos_per_class), "--frames",
-         str(config.frames), "--size", size, "--seed", str(config.seed)],
+         str(config.frames), "--size", size, "--seed", str(config.seed), "--splits",
+         ",".join(map(str, config.splits)), "--object-size", str(config.object_size)],
         ["extract-frames", "--manifest", f"{w}/synth/manifest.csv", "--video-root", f"{w}/synth/videos", "--out",
          f"{w}/frames", "--size", size, "--workers", str(config.workers), "--quiet"],
         ["compute-flow", "--frames", f"{w}/frames", "--out", f"{w}/flow", "--workers", str(config.workers),
-         "--quiet"],
+         "--nscales", str(config.nscales), "--warps", str(config.warps), "--quiet"],
     ]
 
 

@@ -10,7 +10,7 @@ from actrec.demo import DemoConfig, run_demo
 
 @cli.command("demo", epilog="""\b
 Examples:
-  actrec demo                                   # about 5 minutes on 2 CPU cores
+  actrec demo                                   # about 4-5 minutes on 2 CPU cores
   actrec demo --workdir /tmp/demo --seed 1 --iterations 600
 \b
 Runs synth, extract-frames, compute-flow, train (STILT without and with co-attention, CoT-LSTM), evaluate and
@@ -19,7 +19,7 @@ layouts) and where the files and plots are.""")
 @click.option("--workdir", type=click.Path(file_okay=False), default="demo_workdir", show_default=True,
               help="Folder for every file the demo writes (rerunning resumes the finished stages).")
 @click.option("--videos-per-class", type=click.IntRange(min=5), default=DemoConfig.videos_per_class,
-              show_default=True, help="Synthetic videos per class (12 classes; split 60/20/20 into train/val/test).")
+              show_default=True, help="Synthetic videos per class (12 classes; 80% train, 20% test).")
 @click.option("--iterations", type=click.IntRange(min=1), default=DemoConfig.iterations, show_default=True,
               help="Training iterations per model.")
 @click.option("--frames", type=click.IntRange(min=12), default=DemoConfig.frames, show_default=True,
