@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from actrec.training.config import resolve_config
 from actrec.training.evaluate import EvalOptions, evaluate
-from actrec.training.monitor import LOSS_PLOT, TENSORBOARD
+from actrec.training.monitor import LOSS_PLOT, TENSORBOARD, wait_past_newest_event_file
 from actrec.training.trainer import resume_config, train
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/ is not a package: reach the shared helper module
@@ -88,3 +88,23 @@ def test_without_tensorboard_the_run_keeps_its_csv_and_plot(data, tmp_path, monk
     assert not (run / TENSORBOARD).exists()
     assert len(_metrics(run)) == 2
     _assert_png(run / LOSS_PLOT)
+
+
+def test_a_new_event_file_never_shares_its_second_with_the_newest_one(tmp_path):
+    """TensorBoard orders a folder's event files by name (creation second first, then a per-process counter
+    compared as text): a writer is only created once the second of the newest file has passed."""
+    (tmp_path / "events.out.tfevents.0000000100.host.7.9").touch()
+    now = [100.2]
+    waits = []
+
+    def sleep(seconds):
+        waits.append(seconds)
+        now[0] += seconds
+
+    wait_past_newest_event_file(tmp_path, clock=lambda: now[0], sleep=sleep)
+    assert int(now[0]) == 101 and len(waits) > 0
+    waits.clear()
+    wait_past_newest_event_file(tmp_path, clock=lambda: now[0], sleep=sleep)  # already a later second
+    assert waits == []
+    wait_past_newest_event_file(tmp_path / "absent", clock=lambda: now[0], sleep=sleep)
+    assert waits == []

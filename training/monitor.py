@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import time
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -59,7 +60,26 @@ def summary_writer(log_dir: Path, purge_step: int | None = None) -> Any | None:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # the optional extra is absent: metrics.csv and loss.png only
         return None
+    wait_past_newest_event_file(log_dir)
     return SummaryWriter(str(log_dir), purge_step=purge_step)
+
+
+_EVENT_FILE = re.compile(r"events\.out\.tfevents\.(\d+)\.")
+
+
+def wait_past_newest_event_file(log_dir: Path, clock=time.time, sleep=time.sleep) -> None:
+    """Return once the clock's whole second is past the creation second of ``log_dir``'s newest event file.
+
+    Why: TensorBoard reads a folder's event files in name order, and a name is ``events.out.tfevents.<second>.
+    <host>.<pid>.<n>`` with ``n`` a per-process counter; two writers created in the same second (a run resumed at
+    once, as tests do) would be ordered by ``n`` compared as text, ``.10`` before ``.9``, and a resumed run's purge
+    would then drop the wrong events. Waits at most about a second, and only in that case."""
+    stamps = [int(m[1]) for p in (log_dir.iterdir() if log_dir.is_dir() else ()) if (m := _EVENT_FILE.match(p.name))]
+    if not stamps:
+        return
+    deadline = clock() + 1.5  # a newest file stamped in the future (clock set back) is not waited for longer
+    while int(clock()) <= max(stamps) and clock() < deadline:
+        sleep(0.05)
 
 
 class RunMonitor:
