@@ -20,10 +20,9 @@ from actrec.pipeline.tvl1 import TVL1Params, solver
 from actrec.pipeline.tvl1.backend import get_kernels
 from actrec.pipeline.tvl1.graphs import GraphedBlocks, eager_capture, graphs_enabled, padded_batch
 from actrec.pipeline.tvl1.iteration import _block2
-from actrec.pipeline.tvl1.ops import centered_gradient
-from actrec.pipeline.tvl1.params import _Consts
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/ is not a package: reach the shared helper module
+from test_triton_tvl1 import _iteration_state  # noqa: E402
 from test_tvl1 import gray_frames  # noqa: E402
 
 CROP = (40, 56)  # (H, W)
@@ -44,19 +43,7 @@ def pairs(videos_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _state(img0: np.ndarray, img1: np.ndarray):
     """A real iteration state: the warp constants at zero flow and four reference iterations from zero."""
-    I0, I1 = torch.from_numpy(img0).float(), torch.from_numpy(img1).float()
-    n, h, w = I0.shape
-    gx, gy = centered_gradient(I1)
-    zero = torch.zeros_like(I0)
-    grid_x = torch.arange(w, dtype=torch.float32).expand(h, w)
-    grid_y = torch.arange(h, dtype=torch.float32)[:, None].expand(h, w)
-    wc = solver._warp_constants(I0, torch.stack([I1, gx, gy], 1), zero, zero, grid_x, grid_y,
-                                get_kernels("torch", False))
-    c = _Consts(TVL1Params(), h, w)
-    consts = (wc["I1wx"], wc["I1wy"], wc["rho_c"], wc["grad_safe"])
-    scalars = (c.l_t, c.theta, c.taut, torch.tensor(c.scaled_eps, dtype=torch.float64))
-    state = _block2(*([zero] * 6), *consts, torch.ones(n, dtype=torch.bool), *scalars, 4)[:6]
-    return state, consts, scalars
+    return _iteration_state(img0, img1, warm=4)
 
 
 def _equal(a, b) -> bool:
