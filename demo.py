@@ -57,7 +57,7 @@ class DemoConfig:
     lr: float = 1e-3  # the from-scratch recipe of reduced models: AdamW, warmup, cosine decay
     positions: int = 5  # test positions per video (centre crop); the field's protocol is 25 x 10 crops
     seed: int = 0
-    workers: int = 2  # processes for extraction and flow
+    workers: int = 2  # processes for extraction, flow and the models side by side
 
 
 @dataclass(frozen=True)
