@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from actrec.cli.group import cli
-from actrec.cli.options import finish_stages, parallel_options
+from actrec.cli.options import finish_stages, parallel_options, parse_numbers
 from actrec.data_manifests.build import (KINETICS_PATTERN, check_videos, folder_manifest, hmdb51_manifest,
                                          kinetics_manifest, scan_videos, ucf101_manifest)
 from actrec.data_manifests.manifest import read_manifest, write_manifest
@@ -35,14 +35,6 @@ def _load_rows(manifest: str | None, video_root: str, splits: str | None) -> lis
     return read_manifest(manifest, chosen)
 
 
-def _parse_fractions(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, ...]:
-    """Turn ``0.6,0.2,0.2`` into a tuple of floats; the library checks their count and sum."""
-    try:
-        return tuple(float(part) for part in value.split(","))
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers such as 0.6,0.2,0.2, got {value!r}") from None
-
-
 @cli.command(epilog="""\b
 Example:
   actrec synth --out data/synth --videos-per-class 12 --frames 16 --size 96x96 --seed 0
@@ -64,7 +56,7 @@ written; a rerun with other --frames/--size/--fps/--seed is refused.""")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Random seed; the same seed gives the same videos.")
 @click.option("--splits", "split_fractions", default=",".join(map(str, _synth.DEFAULT_SPLIT_FRACTIONS)),
-              show_default=True, callback=_parse_fractions,
+              show_default=True, callback=parse_numbers,
               help="Train,val,test fractions per class, summing to 1.")
 @click.option("--object-size", type=click.FloatRange(min=0.05, max=0.6), default=_synth.SceneParams.object_size,
               show_default=True, help="Side of the moving object, as a fraction of the frame's short side.")

@@ -1,4 +1,4 @@
-"""Options and helpers shared by the per-video stage commands: workers and ranks, and the stage summaries."""
+"""Options and helpers shared by the commands: workers and ranks, number lists, and the stage summaries."""
 
 from __future__ import annotations
 
@@ -24,6 +24,17 @@ def parallel_options(func: Callable) -> Callable:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def parse_numbers(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, ...] | None:
+    """Callback turning ``0.6,0.2,0.2`` into a tuple of floats (an unset option stays None); the library checks
+    their count and range."""
+    if value is None:
+        return None
+    try:
+        return tuple(float(part) for part in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers such as 0.6,0.2,0.2, got {value!r}") from None
 
 
 def finish_stages(*summaries: StageSummary) -> None:

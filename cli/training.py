@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from actrec.cli.group import cli
+from actrec.cli.options import parse_numbers
 from actrec.data_manifests.manifest import SPLITS as _SPLITS
 from actrec.training.config import AMP_MODES as _AMP_MODES, MODELS as _MODELS
 from actrec.training.config import OPTIMIZERS as _OPTIMIZERS, SCHEDULES as _SCHEDULES
@@ -74,6 +75,10 @@ Exit code 130 after a stop by signal: rerun with --resume.""")
 @click.option("--crop", type=click.IntRange(min=1), help="Network input size [224].")
 @click.option("--resize", type=click.IntRange(min=1),
               help="CoT-LSTM: square size before rotation and crop; STILT testing: short side [256].")
+@click.option("--scales", callback=parse_numbers, metavar="S1,S2,...",
+              help="STILT: TSN multi-scale crop sizes, fractions of the frames' short side; the single scale "
+                   "crop / short side (0.875 for --crop 56 on 64x64 frames) takes crops without rescaling "
+                   "[1,0.875,0.75,0.66].")
 @click.option("--flip/--no-flip", default=None,
               help="Random horizontal flips in training; --no-flip when mirroring changes the class (e.g. moving "
                    "left vs right) [on].")

@@ -14,7 +14,8 @@ from actrec.data_manifests.manifest import ManifestRow, read_manifest, write_man
 from actrec.errors import InputError
 from actrec.pipeline.flow import FlowOptions, compute_flow
 from actrec.training.augment import AugmentParams, flow_to_units, tsn_augment
-from actrec.training.datasets import ClipSource, EvalVideos, TrainClips, segment_starts, stack_indices
+from actrec.training.datasets import (ClipSource, EvalVideos, TrainClips, read_spans, segment_starts,
+                                      stack_indices)
 from actrec.training.distributed import StreamBatchSampler
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/ is not a package: reach the shared helper module
@@ -43,6 +44,12 @@ def test_test_positions_are_uniformly_spaced_centres():
 def test_stack_indices_clamp_to_the_last_flow():
     assert stack_indices(2, 4, 10).tolist() == [2, 3, 4, 5]
     assert stack_indices(0, 5, 3).tolist() == [0, 1, 2, 2, 2]
+
+
+def test_overlapping_or_touching_stacks_are_read_as_one_span():
+    assert read_spans([7, 0, 5], 4, 11) == [(0, 4, [0]), (5, 11, [5, 7])]  # 0..3 apart; 5..8 and 7..10 overlap
+    assert read_spans([0, 4], 4, 20) == [(0, 8, [0, 4])]  # 0..3 and 4..7 touch
+    assert read_spans([0, 0, 0], 10, 3) == [(0, 3, [0])]  # a short video: one clamped stack, read once
 
 
 def test_rgb_frame_i_pairs_with_flows_i_to_i_plus_l_minus_1(tmp_path):

@@ -78,12 +78,17 @@ def test_train_command_takes_the_recipe_options(tmp_path: Path) -> None:
               "--resize", 36, "--segments", 2, "--flow-length", 3, "--batch-size", 3, "--iterations", 1,
               "--workers", 0, "--quiet"]
     runs = {"scratch": [], "sgd": ["--optimizer", "sgd", "--schedule", "step", "--warmup-iters", 0, "--lr", 0.02,
-                                   "--weight-decay", 1e-4, "--no-flip"]}
+                                   "--weight-decay", 1e-4, "--no-flip", "--scales", "1,0.5"]}
     for name, options in runs.items():
         result = CliRunner().invoke(cli, [str(a) for a in ["train", "stilt", "--out", tmp_path / name, *common,
                                                             *options]])
         assert result.exit_code == 0, result.output
     scratch, sgd = (json.loads((tmp_path / name / "config.json").read_text()) for name in runs)
     assert {key: scratch[key] for key in FROM_SCRATCH} == FROM_SCRATCH and scratch["flip"] is True
+    assert scratch["scales"] == [1.0, 0.875, 0.75, 0.66]
     assert (sgd["optimizer"], sgd["schedule"], sgd["warmup_iters"], sgd["lr"], sgd["weight_decay"], sgd["flip"]) == (
         "sgd", "step", 0, 0.02, 1e-4, False)
+    assert sgd["scales"] == [1.0, 0.5]
+    bad = CliRunner().invoke(cli, [str(a) for a in ["train", "stilt", "--out", tmp_path / "bad", *common,
+                                                     "--scales", "1,big"]])
+    assert bad.exit_code == 2 and "expected comma-separated numbers" in bad.output

@@ -98,7 +98,7 @@ class ClipSource:
         video_id = self.rows[index].video_id
         num_flows = self.num_flows(index)
         rgb = self.frames.read(video_id, [int(s) for s in starts])  # (P, H, W, 3)
-        stacks = [self._stack(video_id, int(s), num_flows) for s in starts]  # each (L, H, W, 2)
+        stacks = self.read_stacks(video_id, [int(s) for s in starts], num_flows)  # each (L, H, W, 2)
         if rgb.shape[1:3] != stacks[0].shape[1:3]:
             raise StoreError(f"{self.flow.root}: flow of {video_id!r} is {stacks[0].shape[2]}x{stacks[0].shape[1]} "
                              f"but its frames are {rgb.shape[2]}x{rgb.shape[1]}; recompute the flow from these frames")
@@ -106,10 +106,30 @@ class ClipSource:
         flow_t = torch.from_numpy(np.stack(stacks)).permute(0, 1, 4, 2, 3)  # (P, L, 2, H, W)
         return rgb_t.contiguous(), flow_t.contiguous()
 
-    def _stack(self, video_id: str, start: int, num_flows: int) -> np.ndarray:
-        available = min(self.flow_length, num_flows - start)
-        data = self.flow.read_stack(video_id, start, available)  # (available, H, W, 2)
-        return data[stack_indices(0, self.flow_length, available)]
+    def read_stacks(self, video_id: str, starts: list[int], num_flows: int) -> list[np.ndarray]:
+        """Flow Arrays [L, H, W, 2] (as stored) of the stacks at ``starts``, each read as part of one span of
+        overlapping stacks (``read_spans``)."""
+        stacks: dict[int, np.ndarray] = {}
+        for first, stop, members in read_spans(starts, self.flow_length, num_flows):
+            data = self.flow.read_stack(video_id, first, stop - first)  # (stop - first, H, W, 2)
+            for start in members:
+                stacks[start] = data[stack_indices(start - first, self.flow_length, stop - first)]
+        return [stacks[start] for start in starts]
+
+
+def read_spans(starts: Sequence[int], length: int, num_flows: int) -> list[tuple[int, int, list[int]]]:
+    """Flow ranges ``[first, stop)`` that cover the stacks at ``starts`` (each clamped to the last flow), stacks that
+    overlap or touch merged into one range, with the starts each covers. Short videos and test-time positions put
+    many stacks over the same flows: read once per span, a flow is decompressed once, not once per stack."""
+    spans: list[tuple[int, int, list[int]]] = []
+    for start in sorted(set(starts)):
+        stop = min(start + length, num_flows)
+        if spans and start <= spans[-1][1]:
+            first, last_stop, members = spans[-1]
+            spans[-1] = (first, max(last_stop, stop), [*members, start])
+        else:
+            spans.append((start, stop, [start]))
+    return spans
 
 
 class TrainClips(Dataset):
