@@ -1,6 +1,6 @@
 """The demo's ablation ordering over several seeds: mean and spread of every table row, and how often each claim holds.
 
-One seed of ``actrec demo`` tests on 24 videos (one video = 4.2 points), too few to tell a real effect from noise.
+One seed of ``actrec demo`` tests on 48 videos (one video = 2.1 points), too few to tell a real effect from noise.
 This script runs the demo (the real commands, as ``actrec demo`` does) once per seed, each seed drawing its own
 synthetic dataset and training seeds, then reports per row the mean, sample standard deviation, minimum and maximum
 of the test top-1; the demo's goals on the means (spatial >= 30%, temporal >= 55%, two-stream late average >= 10

@@ -60,12 +60,16 @@ written; a rerun with other --frames/--size/--fps/--seed is refused.""")
               help="Train,val,test fractions per class, summing to 1.")
 @click.option("--object-size", type=click.FloatRange(min=0.05, max=0.6), default=_synth.SceneParams.object_size,
               show_default=True, help="Side of the moving object, as a fraction of the frame's short side.")
+@click.option("--orbit-radius", type=click.FloatRange(min=0.02, max=0.4), default=_synth.SceneParams.orbit_radius,
+              show_default=True, help="Radius of the appearance-only classes' circular motion, as a fraction of the "
+                                      "frame's short side.")
 def synth(out_dir: str, videos_per_class: int, frames: int, size: tuple[int, int], fps: int, seed: int,
-          split_fractions: tuple[float, ...], object_size: float) -> None:
+          split_fractions: tuple[float, ...], object_size: float, orbit_radius: float) -> None:
     """Generate the controlled synthetic action dataset (motion-only and appearance-only classes) as H.264 MP4."""
     summary = _synth.generate_synthetic_dataset(out_dir, videos_per_class=videos_per_class, frames=frames,
                                                 size=size, fps=fps, seed=seed, split_fractions=split_fractions,
-                                                scene=_synth.SceneParams(object_size=object_size))
+                                                scene=_synth.SceneParams(object_size=object_size,
+                                                                         orbit_radius=orbit_radius))
     click.echo(summary.line())
 
 

@@ -10,8 +10,8 @@ import numpy as np
 from click.testing import CliRunner
 
 from actrec.cli import cli
-from actrec.demo import (CHAIN_ORDER, RUNS, DemoConfig, awf_check_line, awf_favours, demo_commands, model_commands,
-                         resume_started_training)
+from actrec.demo import (CHAIN_ORDER, RUNS, DemoConfig, awf_check_line, awf_favours, data_commands, demo_commands,
+                         model_commands, resume_started_training)
 from actrec.fusion.model import LateFusion
 from actrec.pipeline.synth import CLASSES
 
@@ -84,3 +84,16 @@ def test_model_chains_share_no_output_and_cover_every_run(tmp_path: Path) -> Non
     assert len(outputs) == len(set(outputs))
     chained = [argv for run in RUNS for argv in model_commands(tmp_path, DemoConfig(), run)]
     assert chained == demo_commands(tmp_path, DemoConfig())[3:]
+
+
+def test_data_commands_carry_the_configured_sizes_and_tvl1_settings(tmp_path: Path) -> None:
+    """What DemoConfig sets reaches the commands: videos and splits to synth, the TV-L1 pyramid and stop to
+    compute-flow (which the end-to-end test above then runs for real)."""
+    config = DemoConfig(videos_per_class=7, nscales=2, warps=4, epsilon=0.03)
+    synth, _, flow = data_commands(tmp_path, config)
+
+    def value(argv: list[str], flag: str) -> str:
+        return argv[argv.index(flag) + 1]
+
+    assert (value(synth, "--videos-per-class"), value(synth, "--splits")) == ("7", "0.8,0.0,0.2")
+    assert [value(flow, flag) for flag in ("--nscales", "--warps", "--epsilon")] == ["2", "4", "0.03"]

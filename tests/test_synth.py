@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from actrec.data_manifests.manifest import read_manifest
 from actrec.errors import ActrecError, InputError
 from actrec.pipeline.synth import (APPEARANCE_ONLY, CLASSES, H264_ENCODERS, MOTION_ONLY, generate_synthetic_dataset,
                                    pick_h264_encoder, split_counts)
+from actrec.pipeline.synth.classes import SceneParams
+from actrec.pipeline.synth.nuisance import draw_nuisance, object_poses
 
 OPTIONS = {"videos_per_class": 5, "frames": 12, "size": (112, 96), "fps": 25, "seed": 3}
 
@@ -141,6 +144,17 @@ def test_appearance_pair_moves_alike_but_looks_different(dataset: Path, first: s
         assert np.mean(np.abs(gray_a - gray_b) > 30) > 0.01  # the objects differ over part of the frame
 
 
+@pytest.mark.parametrize("radius", [0.1, 0.18])
+def test_orbit_circles_the_mid_clip_position_at_the_set_radius(radius: float) -> None:
+    scene = SceneParams(orbit_radius=radius)
+    nuisance = draw_nuisance(seed=2, index=3, frames=16, width=64, height=48, scene=scene)
+    orbit = next(cls for cls in CLASSES if cls.name == "shape_disc").motion
+    centres, _, _ = object_poses(orbit, nuisance, radius * 48, scene)
+    distances = np.hypot(*(centres - np.asarray(nuisance.centre)).T)
+    np.testing.assert_allclose(distances, radius * 48, rtol=1e-9)
+    assert np.ptp(np.arctan2(*(centres - np.asarray(nuisance.centre)).T[::-1])) > 0.5  # it moves along the circle
+
+
 def test_rerun_skips_existing_videos_and_refuses_other_options(tmp_path: Path) -> None:
     options = {"videos_per_class": 1, "frames": 4, "size": (32, 32), "seed": 1}
     first = generate_synthetic_dataset(tmp_path, **options)
@@ -179,9 +193,12 @@ def test_missing_h264_encoder_is_a_clear_error() -> None:
 def test_cli_writes_manifest(tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(cli, ["synth", "--out", str(tmp_path), "--videos-per-class", "2", "--frames", "3",
-                                 "--size", "32x32", "--seed", "5", "--splits", "0.5,0,0.5"])
+                                 "--size", "32x32", "--seed", "5", "--splits", "0.5,0,0.5", "--object-size", "0.5",
+                                 "--orbit-radius", "0.1"])
     assert result.exit_code == 0, result.output
     assert f"wrote {2 * len(CLASSES)} videos" in result.output
+    scene = json.loads((tmp_path / "synth.json").read_text())["scene"]
+    assert (scene["object_size"], scene["orbit_radius"]) == (0.5, 0.1)
     rows = read_manifest(tmp_path / "manifest.csv")
     assert Counter(r.split for r in rows) == {"train": len(CLASSES), "test": len(CLASSES)}
     bad = runner.invoke(cli, ["synth", "--out", str(tmp_path), "--size", "32"])
