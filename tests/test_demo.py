@@ -97,3 +97,14 @@ def test_data_commands_carry_the_configured_sizes_and_tvl1_settings(tmp_path: Pa
 
     assert (value(synth, "--videos-per-class"), value(synth, "--splits")) == ("7", "0.8,0.0,0.2")
     assert [value(flow, flag) for flag in ("--nscales", "--warps", "--epsilon")] == ["2", "4", "0.03"]
+
+
+def test_train_commands_carry_the_configured_recipe(tmp_path: Path) -> None:
+    """Every model is trained with DemoConfig's recipe: iterations, batch, lr and dropout (0 by default)."""
+    config = DemoConfig(iterations=9, batch_size=3, lr=0.002, dropout=0.25)
+    trains = [argv for run in RUNS for argv in model_commands(tmp_path, config, run) if argv[0] == "train"]
+    assert len(trains) == len(RUNS)
+    for argv in trains:
+        assert [argv[argv.index(flag) + 1] for flag in ("--iterations", "--batch-size", "--lr", "--dropout")] == [
+            "9", "3", "0.002", "0.25"]
+    assert DemoConfig().dropout == 0.0
