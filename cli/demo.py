@@ -10,7 +10,7 @@ from actrec.demo import DemoConfig, run_demo
 
 @cli.command("demo", epilog="""\b
 Examples:
-  actrec demo                                   # about 3.5 minutes on 2 CPU cores
+  actrec demo                                   # about 4 minutes on 2 CPU cores
   actrec demo --workdir /tmp/demo --seed 1 --iterations 600
 \b
 Runs synth, extract-frames, compute-flow, train (STILT without and with co-attention, CoT-LSTM), evaluate and

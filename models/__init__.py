@@ -9,7 +9,7 @@ from actrec.models.pretrained import (
     load_torch_file,
     read_state_dict,
 )
-from actrec.models.resnet import BackboneBuilder, Bottleneck, ResNet, resnet50, resnet101
+from actrec.models.resnet import BackboneBuilder, Bottleneck, ResNet, reduced_backbone, resnet50, resnet101
 from actrec.models.stilt import STILT, AlternatingCoAttention, StiltOutput, stilt_loss, stilt_reduced
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "load_pretrained",
     "load_torch_file",
     "read_state_dict",
+    "reduced_backbone",
     "resnet50",
     "resnet101",
     "stilt_loss",

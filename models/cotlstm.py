@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from actrec.models.cotnet import CoTBottleneck, cotnet101
-from actrec.models.resnet import BackboneBuilder, ResNet
+from actrec.models.resnet import BackboneBuilder, reduced_backbone
 
 
 class CotLstmOutput(NamedTuple):
@@ -96,12 +96,12 @@ def cotlstm_loss(output: CotLstmOutput, labels: Tensor, aux_weight: float = 1.0)
 def cotlstm_reduced(
     num_classes: int, *, width: int = 8, fc1_dim: int = 64, lstm_hidden: int = 32, lstm_layers: int = 1
 ) -> CoTLSTM:
-    """A CPU-sized CoT-LSTM for tests and the demo: CoTNets with one block per stage and `width`-wide stages
-    (32 * width-d features, 256 at width 8), small FC-1 and LSTM."""
+    """A CPU-sized CoT-LSTM for tests and the demo: `reduced_backbone`s with CoT blocks (32 * width-d features,
+    256 at width 8), small FC-1 and LSTM."""
     return CoTLSTM(
         num_classes,
         fc1_dim=fc1_dim,
         lstm_hidden=lstm_hidden,
         lstm_layers=lstm_layers,
-        backbone=partial(ResNet, (1, 1, 1, 1), block=CoTBottleneck, width=width),
+        backbone=partial(reduced_backbone, block=CoTBottleneck, width=width),
     )

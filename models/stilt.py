@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from actrec.models.resnet import BackboneBuilder, ResNet, resnet50
+from actrec.models.resnet import BackboneBuilder, reduced_backbone, resnet50
 
 
 class StiltOutput(NamedTuple):
@@ -167,8 +167,8 @@ def stilt_loss(output: StiltOutput, labels: Tensor) -> Tensor:
 def stilt_reduced(
     num_classes: int, *, flow_length: int = 10, width: int = 8, hidden: int = 32, co_attention: bool = True
 ) -> STILT:
-    """A CPU-sized STILT for tests and the demo: one bottleneck per stage, `width`-wide backbones (32 * width-d
-    features, 256 at width 8), co-attention and heads of size `hidden`."""
+    """A CPU-sized STILT for tests and the demo: `reduced_backbone`s (32 * width-d features, 256 at width 8),
+    co-attention and heads of size `hidden`."""
     return STILT(
         num_classes,
         flow_length=flow_length,
@@ -176,5 +176,5 @@ def stilt_reduced(
         projection=hidden,
         fc_dim=2 * hidden,
         co_attention=co_attention,
-        backbone=partial(ResNet, (1, 1, 1, 1), width=width),
+        backbone=partial(reduced_backbone, width=width),
     )

@@ -14,7 +14,7 @@ from actrec.data_manifests.manifest import ManifestRow, read_manifest, write_man
 from actrec.errors import InputError
 from actrec.pipeline.flow import FlowOptions, compute_flow
 from actrec.training.augment import AugmentParams, flow_to_units, tsn_augment
-from actrec.training.datasets import (ClipSource, EvalVideos, TrainClips, read_spans, segment_starts,
+from actrec.training.datasets import (ClipSource, EvalVideos, TrainClips, read_spans, rgb_index, segment_starts,
                                       stack_indices)
 from actrec.training.distributed import StreamBatchSampler
 
@@ -41,9 +41,11 @@ def test_test_positions_are_uniformly_spaced_centres():
     assert segment_starts(1, 3, np.random.default_rng(0)).tolist() == [0, 0, 0]
 
 
-def test_stack_indices_clamp_to_the_last_flow():
+def test_stack_indices_clamp_to_the_last_flow_and_the_rgb_frame_is_the_stacks_middle():
     assert stack_indices(2, 4, 10).tolist() == [2, 3, 4, 5]
     assert stack_indices(0, 5, 3).tolist() == [0, 1, 2, 2, 2]
+    assert rgb_index(2, 4, 10) == 4 and rgb_index(6, 10, 15) == 11  # flows 6..15 span frames 6..16
+    assert rgb_index(0, 10, 3) == 3  # a short video: its last frame (flow 2 maps frame 2 to frame 3)
 
 
 def test_overlapping_or_touching_stacks_are_read_as_one_span():
@@ -52,14 +54,14 @@ def test_overlapping_or_touching_stacks_are_read_as_one_span():
     assert read_spans([0, 0, 0], 10, 3) == [(0, 3, [0])]  # a short video: one clamped stack, read once
 
 
-def test_rgb_frame_i_pairs_with_flows_i_to_i_plus_l_minus_1(tmp_path):
+def test_position_i_pairs_flows_i_to_i_plus_l_minus_1_with_their_middle_frame(tmp_path):
     data = fx.indexed_dataset(tmp_path, {"long": 12, "short": 3})
     source = ClipSource(data.frames, data.flow, read_manifest(data.manifest), flow_length=4)
     long, short = (source.rows.index(next(r for r in source.rows if r.video_id == v)) for v in ("long", "short"))
     assert source.num_positions(long) == 11 - 4 + 1  # 12 frames -> 11 flows -> starts 0..7
     rgb, flow = source.read(long, [0, 5, 7])
     assert rgb.shape == (3, 3, 8, 8) and flow.shape == (3, 4, 2, 8, 8)
-    assert rgb[:, :, 0, 0].tolist() == [[0] * 3, [5] * 3, [7] * 3]  # RGB frame i at position i
+    assert rgb[:, :, 0, 0].tolist() == [[2] * 3, [7] * 3, [9] * 3]  # RGB frame i + L // 2 at position i
     pixels = (flow.float() * 40 / 255 - 20)[:, :, :, 0, 0]  # dequantised flow, flow i is (i, -i)
     for row, start in zip(pixels, (0, 5, 7)):
         assert torch.allclose(row[:, 0], torch.arange(start, start + 4).float(), atol=0.1)
@@ -67,7 +69,7 @@ def test_rgb_frame_i_pairs_with_flows_i_to_i_plus_l_minus_1(tmp_path):
     assert source.num_positions(short) == 1  # 3 frames -> 2 flows, fewer than L = 4
     rgb, flow = source.read(short, [0])
     x = (flow.float() * 40 / 255 - 20)[0, :, 0, 0, 0]
-    assert rgb[0, 0, 0, 0] == 0 and torch.allclose(x, torch.tensor([0.0, 1.0, 1.0, 1.0]), atol=0.1)  # clamped
+    assert rgb[0, 0, 0, 0] == 2 and torch.allclose(x, torch.tensor([0.0, 1.0, 1.0, 1.0]), atol=0.1)  # clamped
 
 
 def test_clips_and_eval_videos_have_the_documented_layout(tmp_path):
@@ -80,7 +82,7 @@ def test_clips_and_eval_videos_have_the_documented_layout(tmp_path):
     assert torch.equal(again[0], rgb) and torch.equal(again[1], flow)  # the stream position fixes the draw
     rgb, flow, index = EvalVideos(source, 5)[0]
     assert rgb.dtype == torch.uint8 and rgb.shape == (5, 3, 8, 8) and flow.shape == (5, 3, 2, 8, 8)
-    assert rgb[:, 0, 0, 0].tolist() == segment_starts(19 - 3 + 1, 5, None).tolist()
+    assert rgb[:, 0, 0, 0].tolist() == (segment_starts(19 - 3 + 1, 5, None) + 3 // 2).tolist()
 
 
 def test_missing_video_is_reported(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from actrec.errors import InputError
-from actrec.models import LoadReport, ResNet, load_pretrained, resnet50, resnet101
+from actrec.models import LoadReport, ResNet, load_pretrained, reduced_backbone, resnet50, resnet101
 
 # Keys and shapes of torchvision's resnet50().state_dict() (1000 classes).
 TORCHVISION_RESNET50 = {
@@ -140,6 +140,25 @@ def test_reduced_resnet_logits_and_stride() -> None:
         logits = model.forward_head(features)
     assert features.shape == (2, 256, 4, 4)
     assert logits.shape == (2, 5)
+
+
+def test_without_the_stem_pool_the_stride_halves_and_the_weights_stay_the_same() -> None:
+    pooled, unpooled = reduced_resnet(num_classes=0), reduced_resnet(num_classes=0, stem_pool=False)
+    assert _shapes(pooled) == _shapes(unpooled)  # the pool has no weights: the same files load into both
+    unpooled.load_state_dict(pooled.state_dict())
+    x = torch.randn(2, 3, 112, 112)
+    with torch.no_grad():
+        assert pooled.eval().forward_features(x).shape == (2, 256, 4, 4)
+        assert unpooled.eval().forward_features(x).shape == (2, 256, 7, 7)
+
+
+def test_reduced_backbone_keeps_the_stem_pool_for_flow_only() -> None:
+    rgb, flow = reduced_backbone(in_channels=3), reduced_backbone(in_channels=20)
+    x = torch.randn(1, 3, 56, 56)
+    with torch.no_grad():
+        assert rgb.eval().forward_features(x).shape == (1, 256, 4, 4)  # stride 16
+        assert flow.eval().forward_features(torch.randn(1, 20, 56, 56)).shape == (1, 256, 2, 2)  # stride 32
+        assert rgb(x).shape == (1, 256)  # headless by default
 
 
 def test_load_pretrained_round_trips_a_torchvision_file(pretrained_resnet50, caplog) -> None:

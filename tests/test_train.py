@@ -49,7 +49,9 @@ def _parameters(run: Path) -> dict[str, torch.Tensor]:
 
 
 def test_loss_falls_on_a_learnable_problem(data, tmp_path):
-    config = resolve_config("stilt", overrides=fx.tiny_overrides(data, iterations=12, batch_size=6, lr=0.05))
+    # lr 0.01 with the reduced models' AdamW: from 0.02 up, single steps of this tiny run spike to a loss of 4-6, and
+    # one such spike among the last four iterations fails the check at some seeds although the model has learnt
+    config = resolve_config("stilt", overrides=fx.tiny_overrides(data, iterations=12, batch_size=6, lr=0.01))
     summary = train(config, tmp_path / "run", progress=False)
     losses = _losses(tmp_path / "run")
     assert summary.iteration == 12 and len(losses) == 12

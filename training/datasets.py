@@ -1,10 +1,14 @@
 """Datasets over a frame store, a flow store and a manifest split: training clips and whole test videos.
 
 Index alignment (the flow store's convention, ``actrec.pipeline.flow``): a video of N frames has F = N - step flows
-and flow i maps frame i to frame i + step. A *position* i pairs RGB frame i with the flow stack i .. i + L - 1 that
-starts at the same index, so the stack covers frames i .. i + L*step and the RGB frame is its first frame. The valid
-positions are 0 .. F - L. A video with fewer than L flows has the single position 0 and its stack is clamped: flow
-indices past the last flow repeat the last flow (``stack_indices``). A video with no flow at all is an error.
+and flow i maps frame i to frame i + step. A *position* i is the flow stack i .. i + L - 1 and the RGB frame at its
+middle, i + L // 2 (``rgb_index``), so the frame shows the scene half-way through the motion the stack describes.
+(Pairing the stack with its first frame instead would let the spatial stream see only frames 0 .. F - L, the start
+of every video, where an object's position tells its direction of motion: a leak of motion into the appearance
+stream, measured on the demo's classes in benchmarks/RESULTS.md.) The valid positions are 0 .. F - L. A video with
+fewer than L flows has the single position 0 and its stack is clamped: flow indices past the last flow repeat the
+last flow (``stack_indices``), and its RGB frame is clamped to frame F, the last frame a flow reaches. A video with
+no flow at all is an error.
 
 Sampling (TSN): the valid positions are split into n equal parts; training takes a random position in each part,
 testing the centre of each part (``segment_starts``). STILT draws n = ``segments`` positions per training clip; CoT-LSTM
@@ -44,6 +48,12 @@ def segment_starts(num_positions: int, segments: int, rng: np.random.Generator |
     low = np.floor(edges[:-1]).astype(np.int64)
     high = np.maximum(np.floor(edges[1:]).astype(np.int64), low + 1)
     return rng.integers(low, high)  # high is exclusive and at most num_positions
+
+
+def rgb_index(start: int, length: int, num_flows: int) -> int:
+    """The RGB frame of the position at ``start``: the middle of its stack's L flows, at most frame F (the target
+    of the last flow, which every video has)."""
+    return min(start + length // 2, num_flows)
 
 
 def stack_indices(start: int, length: int, num_flows: int) -> np.ndarray:
@@ -93,11 +103,11 @@ class ClipSource:
         return max(self.num_flows(index) - self.flow_length + 1, 1)
 
     def read(self, index: int, starts: Sequence[int]) -> tuple[Tensor, Tensor]:
-        """uint8 RGB Tensor[P, 3, H, W] (frame i per start i) and flow Tensor[P, L, 2, H, W] (uint8 codes or
-        float16 pixels, as stored) of the stacks starting at ``starts``."""
+        """uint8 RGB Tensor[P, 3, H, W] (each stack's middle frame, ``rgb_index``) and flow Tensor[P, L, 2, H, W]
+        (uint8 codes or float16 pixels, as stored) of the stacks starting at ``starts``."""
         video_id = self.rows[index].video_id
         num_flows = self.num_flows(index)
-        rgb = self.frames.read(video_id, [int(s) for s in starts])  # (P, H, W, 3)
+        rgb = self.frames.read(video_id, [rgb_index(int(s), self.flow_length, num_flows) for s in starts])  # (P,H,W,3)
         stacks = self.read_stacks(video_id, [int(s) for s in starts], num_flows)  # each (L, H, W, 2)
         if rgb.shape[1:3] != stacks[0].shape[1:3]:
             raise StoreError(f"{self.flow.root}: flow of {video_id!r} is {stacks[0].shape[2]}x{stacks[0].shape[1]} "
