@@ -158,12 +158,14 @@ def main() -> None:
     parser.add_argument("--seeds", default="0-4", help="seeds, e.g. 0-4 or 0,2,5")
     parser.add_argument("--workdir", type=Path, default=Path("demo_seeds"), help="one demo folder per seed under it")
     parser.add_argument("--videos-per-class", type=int, default=DemoConfig.videos_per_class)
-    parser.add_argument("--iterations", type=int, default=DemoConfig.iterations)
+    parser.add_argument("--iterations", type=int, default=DemoConfig.iterations, help="of each STILT")
+    parser.add_argument("--cotlstm-iterations", type=int, default=DemoConfig.cotlstm_iterations)
     parser.add_argument("--splits", type=parse_splits, default=DemoConfig.splits,
                         help="train,val,test fractions of each class's videos, e.g. 0.4,0,0.6")
     args = parser.parse_args()
     seeds = parse_seeds(args.seeds)
-    sizes = DemoConfig(videos_per_class=args.videos_per_class, iterations=args.iterations, splits=args.splits)
+    sizes = DemoConfig(videos_per_class=args.videos_per_class, iterations=args.iterations,
+                       cotlstm_iterations=args.cotlstm_iterations, splits=args.splits)
     runs = []
     for seed in seeds:
         start = time.perf_counter()

@@ -132,7 +132,7 @@ def synthetic_batch(config: TrainConfig, classes: int, device: torch.device) -> 
 def reference_rate(config: TrainConfig, classes: int, device: torch.device) -> float:
     """The compute-only reference for ``config``: clips per second."""
     torch.manual_seed(0)
-    model = to_channels_last(build_model(config, classes), device)
+    model = to_channels_last(build_model(config, classes), device, config.reduced)
     inputs, labels = synthetic_batch(config, classes, device)
     steps = compute_rate(model, inputs, labels, MODEL_SPECS[config.model].loss, 5, device,
                          amp_dtype(config.amp, device))
@@ -145,7 +145,7 @@ def gpu_comparison(config: TrainConfig, classes: int) -> tuple[float, float]:
     amp = amp_dtype("bf16", device)
     stilt = reference_rate(config, classes, device) * 2 * config.segments  # clips/s -> images/s
     images = 2 * config.segments * config.batch_size
-    plain = to_channels_last(resnet50(num_classes=classes), device)
+    plain = to_channels_last(resnet50(num_classes=classes), device, reduced=False)
     x = torch.randn(images, 3, config.crop, config.crop, device=device).to(memory_format=torch.channels_last)
     labels = torch.randint(classes, (images,), device=device)
     steps = compute_rate(plain, (x,), labels, torch.nn.functional.cross_entropy, 5, device, amp)

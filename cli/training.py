@@ -46,8 +46,8 @@ Exit code 130 after a stop by signal: rerun with --resume.""")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="JSON object setting any training-config fields; options given here override it.")
 @click.option("--resume", is_flag=True,
-              help="Continue the run in --out exactly; only --iterations, --workers, --checkpoint-every and "
-                   "--log-every may change.")
+              help="Continue the run in --out exactly; only --iterations, --workers, --cache-mb, --checkpoint-every "
+                   "and --log-every may change.")
 @click.option("--frames", help="Frame store folder.")
 @click.option("--flow", help="Flow store folder computed from that frame store.")
 @click.option("--manifest", type=click.Path(exists=True, dir_okay=False), help="Manifest CSV (labels and splits).")
@@ -95,6 +95,9 @@ Exit code 130 after a stop by signal: rerun with --resume.""")
 @click.option("--width", type=click.IntRange(min=1), help="Stem width of --reduced backbones [8].")
 @click.option("--seed", type=click.IntRange(min=0), help="Seed of weights, data order and augmentation [0].")
 @click.option("--workers", type=click.IntRange(min=0), help="DataLoader processes per training process [4].")
+@click.option("--cache-mb", type=click.IntRange(min=0),
+              help="Keep decoded videos in memory, up to this many MB per loader process: for small datasets "
+                   "trained for many epochs (the demo); the clips are the same either way [0: off].")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), help="Iterations between checkpoints [1000].")
 @click.option("--log-every", type=click.IntRange(min=1), help="Iterations between metrics rows [10].")
 @click.option("--gpu", is_flag=True, help="Train on cuda:LOCAL_RANK (one GPU per torchrun process).")

@@ -14,8 +14,8 @@ from actrec.data_manifests.manifest import ManifestRow, read_manifest, write_man
 from actrec.errors import InputError
 from actrec.pipeline.flow import FlowOptions, compute_flow
 from actrec.training.augment import AugmentParams, flow_to_units, tsn_augment
-from actrec.training.datasets import (ClipSource, EvalVideos, TrainClips, read_spans, rgb_index, segment_starts,
-                                      stack_indices)
+from actrec.training.datasets import (ClipSource, DecodedVideos, EvalVideos, TrainClips, read_spans, rgb_index,
+                                      segment_starts, stack_indices)
 from actrec.training.distributed import StreamBatchSampler
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/ is not a package: reach the shared helper module
@@ -83,6 +83,46 @@ def test_clips_and_eval_videos_have_the_documented_layout(tmp_path):
     rgb, flow, index = EvalVideos(source, 5)[0]
     assert rgb.dtype == torch.uint8 and rgb.shape == (5, 3, 8, 8) and flow.shape == (5, 3, 2, 8, 8)
     assert rgb[:, 0, 0, 0].tolist() == (segment_starts(19 - 3 + 1, 5, None) + 3 // 2).tolist()
+
+
+def test_cached_videos_give_the_same_clips_as_the_stores(tmp_path):
+    """With the decoded-video cache on, every read (long and clamped short videos, any positions, again after the
+    video is cached) equals the store's, bit for bit; each video is read from the stores once."""
+    data = fx.indexed_dataset(tmp_path, {"long": 12, "short": 3})
+    rows = read_manifest(data.manifest)
+    plain = ClipSource(data.frames, data.flow, rows, flow_length=4)
+    cached = ClipSource(data.frames, data.flow, rows, flow_length=4, cache_mb=1)
+    reads = []
+    whole_reads = cached.frames.read
+
+    def counted(video_id, indices=None):
+        reads.append(video_id)
+        return whole_reads(video_id, indices)
+
+    cached.frames.read = counted
+    for index, starts in [(0, [0, 5, 7]), (1, [0]), (0, [7, 2, 2]), (1, [0, 0]), (0, [1])]:
+        index = index if rows[0].video_id == "long" else 1 - index
+        for expected, actual in zip(plain.read(index, starts), cached.read(index, starts)):
+            assert expected.dtype == actual.dtype and torch.equal(expected, actual)
+    assert sorted(reads) == ["long", "short"] and cached.cache.size == sum(
+        a.nbytes for video in ("long", "short") for a in cached.cache.get(video))
+
+
+def test_decoded_video_cache_keeps_the_most_recent_videos_within_its_bytes():
+    def video(nbytes: int) -> tuple[np.ndarray, np.ndarray]:
+        return np.zeros(nbytes - 10, np.uint8), np.zeros(10, np.uint8)
+
+    cache = DecodedVideos(capacity=250)
+    for name in "abc":
+        cache.put(name, video(100))  # a is dropped to make room for c
+    assert cache.get("a") is None and cache.get("b") is not None and cache.size == 200
+    cache.put("d", video(100))  # b was used last, so c goes
+    assert cache.get("c") is None and cache.get("b") is not None and cache.get("d") is not None
+    big = video(300)
+    assert cache.put("e", big) is big and cache.get("e") is None and cache.size == 200  # never kept: over capacity
+    off = DecodedVideos(capacity=0)
+    off.put("a", video(20))
+    assert off.get("a") is None and off.size == 0
 
 
 def test_missing_video_is_reported(tmp_path):

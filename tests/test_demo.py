@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from actrec.cli import cli
 from actrec.demo import (CHAIN_ORDER, RUNS, DemoConfig, awf_check_line, awf_favours, data_commands, demo_commands,
                          model_commands, resume_started_training)
+from actrec.data_manifests.manifest import read_manifest
 from actrec.fusion.model import LateFusion
 from actrec.pipeline.synth import CLASSES
 
@@ -21,7 +22,8 @@ CLASSES_IN_ORDER = tuple(cls.name for cls in CLASSES)
 def test_demo_end_to_end_at_reduced_size(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
     result = CliRunner().invoke(cli, ["demo", "--workdir", str(workdir), "--videos-per-class", "5",
-                                      "--iterations", "4", "--frames", "12", "--size", "32"])
+                                      "--iterations", "4", "--cotlstm-iterations", "3", "--frames", "12",
+                                      "--size", "32"])
     assert result.exit_code == 0, result.output
     for command in ("$ actrec synth", "$ actrec extract-frames", "$ actrec compute-flow", "$ actrec train stilt",
                     "--no-co-attention", "$ actrec train cotlstm", "$ actrec evaluate", "$ actrec fit-fusion"):
@@ -35,7 +37,8 @@ def test_demo_end_to_end_at_reduced_size(tmp_path: Path) -> None:
                         ("CoT-LSTM (Table II layout)", ["spatial", "temporal", "fusion (FC-2)"])):
         assert title in result.output
         assert all(row in result.output for row in rows)
-    assert "Test top-1 on 12 videos: one video is 8.3 points" in result.output
+    tested = sum(1 for row in read_manifest(workdir / "synth" / "manifest.csv") if row.split == "test")
+    assert 0 < tested < 60 and f"Test top-1 on {tested} videos: one video is {100 / tested:.1f} points" in result.output
     check = re.search(r"AWF check \(STILT, fusion/stilt_weights.png\): RGB weight > 0.5 on (\d)/4 appearance-only "
                       r"classes \(goal >= 3\), flow weight > 0.5 on (\d)/8 motion-only classes \(goal >= 6\): "
                       r"(as designed|NOT as designed)", result.output)
@@ -89,22 +92,25 @@ def test_model_chains_share_no_output_and_cover_every_run(tmp_path: Path) -> Non
 def test_data_commands_carry_the_configured_sizes_and_tvl1_settings(tmp_path: Path) -> None:
     """What DemoConfig sets reaches the commands: videos and splits to synth, the TV-L1 pyramid and stop to
     compute-flow (which the end-to-end test above then runs for real)."""
-    config = DemoConfig(videos_per_class=7, nscales=2, warps=4, epsilon=0.03)
+    config = DemoConfig(videos_per_class=7, splits=(0.6, 0.1, 0.3), nscales=2, warps=4, epsilon=0.03)
     synth, _, flow = data_commands(tmp_path, config)
 
     def value(argv: list[str], flag: str) -> str:
         return argv[argv.index(flag) + 1]
 
-    assert (value(synth, "--videos-per-class"), value(synth, "--splits")) == ("7", "0.8,0.0,0.2")
+    assert (value(synth, "--videos-per-class"), value(synth, "--splits")) == ("7", "0.6,0.1,0.3")
     assert [value(flow, flag) for flag in ("--nscales", "--warps", "--epsilon")] == ["2", "4", "0.03"]
 
 
 def test_train_commands_carry_the_configured_recipe(tmp_path: Path) -> None:
-    """Every model is trained with DemoConfig's recipe: iterations, batch, lr and dropout (0 by default)."""
-    config = DemoConfig(iterations=9, batch_size=3, lr=0.002, dropout=0.25)
-    trains = [argv for run in RUNS for argv in model_commands(tmp_path, config, run) if argv[0] == "train"]
+    """Every model is trained with DemoConfig's recipe: iterations and batch (CoT-LSTM its own), lr, dropout (0 by
+    default) and the decoded-video cache."""
+    config = DemoConfig(iterations=9, cotlstm_iterations=5, batch_size=3, cotlstm_batch_size=2, lr=0.002,
+                        dropout=0.25, cache_mb=7)
+    trains = {run: argv for run in RUNS for argv in model_commands(tmp_path, config, run) if argv[0] == "train"}
     assert len(trains) == len(RUNS)
-    for argv in trains:
-        assert [argv[argv.index(flag) + 1] for flag in ("--iterations", "--batch-size", "--lr", "--dropout")] == [
-            "9", "3", "0.002", "0.25"]
+    for run, argv in trains.items():
+        flags = ("--iterations", "--batch-size", "--lr", "--dropout", "--cache-mb")
+        assert [argv[argv.index(flag) + 1] for flag in flags] == (
+            ["5", "2", "0.002", "0.25", "7"] if run == "cotlstm" else ["9", "3", "0.002", "0.25", "7"])
     assert DemoConfig().dropout == 0.0

@@ -94,21 +94,23 @@ def test_a_run_trained_with_amp_is_scored_in_full_precision_on_the_cpu(run, tmp_
 
 
 def test_evaluation_prepares_the_model_like_training(run, tmp_path, monkeypatch):
-    """evaluate puts the model in training's memory format (channels_last on CUDA, forced here on the CPU)."""
+    """evaluate puts the model in training's memory format by training's rule (channels_last for a reduced model,
+    on the CPU too), and the format changes the scores by float rounding only."""
     checkpoint, _ = run
     assert evaluate_module.to_channels_last is trainer.to_channels_last  # the one rule of both
     prepared = []
 
-    def channels_last_here_too(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-        prepared.append(model.to(memory_format=torch.channels_last))
+    def recorded(model: torch.nn.Module, device: torch.device, reduced: bool) -> torch.nn.Module:
+        prepared.append(trainer.to_channels_last(model, device, reduced))
         return prepared[-1]
 
     options = EvalOptions(positions=2, ten_crop=False, workers=0)
-    contiguous = evaluate(checkpoint, tmp_path / "contiguous.npz", options, progress=False).scores
-    monkeypatch.setattr(evaluate_module, "to_channels_last", channels_last_here_too)
+    monkeypatch.setattr(evaluate_module, "to_channels_last", recorded)
     channels_last = evaluate(checkpoint, tmp_path / "channels_last.npz", options, progress=False).scores
     assert len(prepared) == 1 and not prepared[0].training
     assert prepared[0].temporal_backbone.layer1[0].conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    monkeypatch.setattr(evaluate_module, "to_channels_last", lambda model, device, reduced: model)
+    contiguous = evaluate(checkpoint, tmp_path / "contiguous.npz", options, progress=False).scores
     assert np.allclose(channels_last.scores, contiguous.scores, atol=1e-5)
 
 

@@ -17,7 +17,7 @@ from actrec.errors import DeviceError, InputError
 from actrec.models.resnet import ResNet
 from actrec.training.checkpoint import load_checkpoint
 from actrec.training.config import TrainConfig, paper_config, resolve_config
-from actrec.training.models import build_model, load_backbones
+from actrec.training.models import build_model, load_backbones, to_channels_last
 from actrec.training.trainer import resume_config, train
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/ is not a package: reach the shared helper module
@@ -212,6 +212,22 @@ def test_fp16_amp_needs_cuda_for_training(data, tmp_path):
     with pytest.raises(DeviceError, match="fp16"):
         train(resolve_config("stilt", overrides=fx.tiny_overrides(data, amp="fp16")), tmp_path / "fp16",
               progress=False)
+
+
+def test_reduced_models_run_channels_last_on_the_cpu_and_paper_sized_ones_do_not():
+    """The memory-format rule of training and evaluation: channels_last where it is faster (CUDA; reduced models on
+    the CPU, whose small convolutions oneDNN runs faster in it); the result is the same up to float rounding."""
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    model = build_model(TrainConfig(reduced=True, flow_length=3), num_classes=5).eval()
+    rgb, flow = torch.randn(2, 3, 3, 32, 32), torch.randn(2, 3, 6, 32, 32)
+    with torch.no_grad():
+        plain = model(rgb, flow)
+        fast = to_channels_last(model, cpu, reduced=True)
+        assert fast.temporal_backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+        assert torch.allclose(fast(rgb, flow).spatial_logits, plain.spatial_logits, atol=1e-5)
+    conv = torch.nn.Conv2d(3, 8, 3)
+    assert to_channels_last(conv, cpu, reduced=False).weight.is_contiguous()  # paper-sized: NCHW on the CPU
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

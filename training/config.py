@@ -24,7 +24,7 @@ SCHEDULES = ("step", "cosine")
 # backbones and hardly moves random weights in a short budget; AdamW with warmup and cosine decay does.
 FROM_SCRATCH = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "schedule": "cosine", "warmup_iters": 20}
 # Fields that may change when a run is resumed: they do not change what is computed, only how or how long.
-RESUMABLE_FIELDS = ("iterations", "workers", "checkpoint_every", "log_every")
+RESUMABLE_FIELDS = ("iterations", "workers", "cache_mb", "checkpoint_every", "log_every")
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,7 @@ class TrainConfig:
     seed: int = 0  # model initialisation, data order and augmentation all derive from it
     # runtime (may change on --resume)
     workers: int = 4  # DataLoader worker processes per training process
+    cache_mb: int = 0  # decoded videos kept in memory per loader process (small datasets, many epochs); 0: off
     checkpoint_every: int = 1000  # iterations between checkpoints (one also on SIGTERM/SIGINT and at the end)
     log_every: int = 10  # iterations between metrics.csv rows and progress updates
 
@@ -171,9 +172,9 @@ def validate_config(config: TrainConfig, world_size: int = 1) -> None:
         (config.max_distort >= 0 and 0 <= config.erase_prob <= 1 and 0 <= config.dropout < 1,
          "max_distort >= 0, erase_prob in [0, 1] and dropout in [0, 1) are required"),
         (config.iterations >= 1 and config.lr_step >= 1 and config.lr > 0, "iterations, lr_step, lr must be > 0"),
-        (min(config.checkpoint_every, config.log_every) >= 1 and min(config.workers, config.seed,
+        (min(config.checkpoint_every, config.log_every) >= 1 and min(config.workers, config.cache_mb, config.seed,
                                                                        config.warmup_iters) >= 0,
-         "checkpoint_every and log_every must be >= 1, workers, seed and warmup_iters >= 0"),
+         "checkpoint_every and log_every must be >= 1, workers, cache_mb, seed and warmup_iters >= 0"),
         (config.batch_size % (world_size * config.accumulate) == 0,
          f"batch_size {config.batch_size} must be a multiple of processes ({world_size}) x accumulate "
          f"({config.accumulate})"),

@@ -21,6 +21,7 @@ TSN/mmaction2 order (``actrec.training.models``).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -61,6 +62,38 @@ def stack_indices(start: int, length: int, num_flows: int) -> np.ndarray:
     return np.minimum(start + np.arange(length), num_flows - 1)
 
 
+class DecodedVideos:
+    """A least-recently-used store of whole decoded videos (frames and flows as stored), at most ``capacity`` bytes.
+
+    For small datasets trained for many epochs (the demo reads each of its 192 training videos about 25 times), it
+    saves the store reads and JPEG decoding of every clip after a video's first; at dataset scale a video comes back
+    too rarely for it to help, so it is off (capacity 0) unless asked for. Memory stays within the capacity however
+    large the store; every DataLoader process holds its own.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.size = 0
+        self._videos: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+
+    def get(self, video_id: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """The video's (frames, flows), now the most recently used, or None."""
+        if video_id in self._videos:
+            self._videos.move_to_end(video_id)
+        return self._videos.get(video_id)
+
+    def put(self, video_id: str, arrays: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Keep a video (unless it alone exceeds the capacity), dropping the least recently used to make room;
+        returns ``arrays``."""
+        nbytes = sum(a.nbytes for a in arrays)
+        if nbytes <= self.capacity:
+            while self.size + nbytes > self.capacity:
+                self.size -= sum(a.nbytes for a in self._videos.popitem(last=False)[1])
+            self._videos[video_id] = arrays
+            self.size += nbytes
+        return arrays
+
+
 class ClipSource:
     """Reads RGB frames and flow stacks of the videos of a manifest split from a frame store and a flow store.
 
@@ -68,11 +101,12 @@ class ClipSource:
     """
 
     def __init__(self, frames_root: str | Path, flow_root: str | Path, rows: Sequence[ManifestRow],
-                 flow_length: int) -> None:
+                 flow_length: int, cache_mb: int = 0) -> None:
         self.frames = FrameStore(frames_root)
         self.flow = FlowStore(flow_root)
         self.rows = list(rows)
         self.flow_length = flow_length
+        self.cache = DecodedVideos(cache_mb * 2**20)
         self._num_flows: dict[int, int] = {}  # per video, read once (an HDF5 group and attribute lookup each)
         for store, root in ((self.frames, frames_root), (self.flow, flow_root)):
             missing = [r.video_id for r in self.rows if r.video_id not in store]
@@ -107,14 +141,28 @@ class ClipSource:
         (uint8 codes or float16 pixels, as stored) of the stacks starting at ``starts``."""
         video_id = self.rows[index].video_id
         num_flows = self.num_flows(index)
-        rgb = self.frames.read(video_id, [rgb_index(int(s), self.flow_length, num_flows) for s in starts])  # (P,H,W,3)
-        stacks = self.read_stacks(video_id, [int(s) for s in starts], num_flows)  # each (L, H, W, 2)
+        frame_indices = [rgb_index(int(s), self.flow_length, num_flows) for s in starts]
+        whole = self._whole_video(video_id, num_flows)
+        if whole is None:
+            rgb = self.frames.read(video_id, frame_indices)  # (P, H, W, 3)
+            stacks = self.read_stacks(video_id, [int(s) for s in starts], num_flows)  # each (L, H, W, 2)
+        else:
+            rgb = whole[0][frame_indices]
+            stacks = [whole[1][stack_indices(int(s), self.flow_length, num_flows)] for s in starts]
         if rgb.shape[1:3] != stacks[0].shape[1:3]:
             raise StoreError(f"{self.flow.root}: flow of {video_id!r} is {stacks[0].shape[2]}x{stacks[0].shape[1]} "
                              f"but its frames are {rgb.shape[2]}x{rgb.shape[1]}; recompute the flow from these frames")
         rgb_t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2)  # (P, 3, H, W)
         flow_t = torch.from_numpy(np.stack(stacks)).permute(0, 1, 4, 2, 3)  # (P, L, 2, H, W)
         return rgb_t.contiguous(), flow_t.contiguous()
+
+    def _whole_video(self, video_id: str, num_flows: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """All frames and flows of a video, as stored, from the cache (read whole on a miss); None when the cache
+        is off."""
+        if not self.cache.capacity:
+            return None
+        return self.cache.get(video_id) or self.cache.put(
+            video_id, (self.frames.read(video_id), self.flow.read_stack(video_id, 0, num_flows)))
 
     def read_stacks(self, video_id: str, starts: list[int], num_flows: int) -> list[np.ndarray]:
         """Flow Arrays [L, H, W, 2] (as stored) of the stacks at ``starts``, each read as part of one span of

@@ -5,7 +5,8 @@ or 10 crops (4 corners + centre, and their mirror images). STILT attends over se
 crop taken at all positions, which are its segments (25 segments instead of training's 3; the co-attention is
 defined for any number); a CoT-LSTM view is one crop at one position. Softmax scores are averaged over a video's
 views. Views go through the model ``chunk`` at a time, so 25 x 10 views never have to fit in memory at once. The
-model runs as in training on CUDA (AMP mode, channels_last) and in full precision on the CPU.
+model runs as in training: on CUDA in its AMP mode and channels_last, on the CPU in full precision (channels_last for
+the reduced models, as in training).
 
 Outputs (``OUT`` is the score file's path without ``.npz``):
 
@@ -117,7 +118,7 @@ def _load_model(config: TrainConfig, saved: dict, num_classes: int, device: torc
         model.load_state_dict(saved["model"])
     except RuntimeError as exc:
         raise InputError(f"{source}: weights do not fit the model its config describes ({exc})") from None
-    return to_channels_last(model.to(device), device).eval()
+    return to_channels_last(model.to(device), device, config.reduced).eval()
 
 
 class _Scorer:

@@ -97,7 +97,7 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
 
 def resume_config(run_dir: str | Path, overrides: Mapping[str, Any]) -> TrainConfig:
     """The config of the run saved in ``run_dir`` with ``overrides`` (None values ignored) applied; only the
-    resumable fields (iterations, workers, checkpoint_every, log_every) may change."""
+    resumable fields (iterations, workers, cache_mb, checkpoint_every, log_every) may change."""
     path = Path(run_dir) / CHECKPOINT
     saved = apply_overrides(TrainConfig(), load_checkpoint(path)["config"], str(path))
     wanted = apply_overrides(saved, {k: v for k, v in overrides.items() if v is not None}, "command line")
@@ -131,7 +131,7 @@ class _Run:
         self.class_names = class_names(rows)
         train_rows = [r for r in rows if r.split == config.split]
         _check_training_rows(config, train_rows)
-        self.source = ClipSource(config.frames, config.flow, train_rows, config.flow_length)
+        self.source = ClipSource(config.frames, config.flow, train_rows, config.flow_length, config.cache_mb)
         torch.manual_seed(config.seed)  # the same initial weights in every process
         self.model = self._build_model(pretrained=checkpoint is None)  # a resumed run has its weights
         self.optimizer = build_optimizer(self.model, config)
@@ -174,7 +174,7 @@ class _Run:
                     self.log(line)
         if self.ctx.distributed and self.ctx.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # batch statistics over all GPUs
-        return to_channels_last(model.to(self.ctx.device), self.ctx.device)
+        return to_channels_last(model.to(self.ctx.device), self.ctx.device, self.config.reduced)
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
         try:
