@@ -100,8 +100,10 @@ def test_cached_videos_give_the_same_clips_as_the_stores(tmp_path):
         return whole_reads(video_id, indices)
 
     cached.frames.read = counted
-    for index, starts in [(0, [0, 5, 7]), (1, [0]), (0, [7, 2, 2]), (1, [0, 0]), (0, [1])]:
-        index = index if rows[0].video_id == "long" else 1 - index
+    position = {row.video_id: index for index, row in enumerate(rows)}
+    for video_id, starts in [("long", [0, 5, 7]), ("short", [0]), ("long", [7, 2, 2]), ("short", [0, 0]),
+                             ("long", [1])]:
+        index = position[video_id]
         for expected, actual in zip(plain.read(index, starts), cached.read(index, starts)):
             assert expected.dtype == actual.dtype and torch.equal(expected, actual)
     assert sorted(reads) == ["long", "short"] and cached.cache.size == sum(
