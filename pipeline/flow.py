@@ -185,10 +185,13 @@ GPU_WRITERS = 4
 
 def flow_limits(options: FlowOptions, workers: int) -> DriverLimits:
     """The driver's limits: the batch in pixels, the readers and a read-ahead of two videos beyond them, the
-    writers."""
-    writers = options.writers or (GPU_WRITERS if torch.device(options.device).type == "cuda" else 1)
-    return DriverLimits(batch_pixels=batch_pixels(options, workers), readers=options.readers,
-                        window=options.readers + 2, writers=writers)
+    writers. The CPU's default batch is reached by doubling from one pair per worker, so that the bar moves
+    within a pair's time (a GPU solves a full batch in about a second; an explicit --batch-pixels is taken as
+    it is)."""
+    on_gpu = torch.device(options.device).type == "cuda"
+    ramp = 0 if on_gpu or options.batch_pixels else max(1, workers if options.backend == "opencv" else 1)
+    return DriverLimits(batch_pixels=batch_pixels(options, workers), first_batch=ramp, readers=options.readers,
+                        window=options.readers + 2, writers=options.writers or (GPU_WRITERS if on_gpu else 1))
 
 
 def resolve_device(gpu: bool, local_rank: int | None = None) -> str:

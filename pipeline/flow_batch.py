@@ -38,6 +38,7 @@ class DriverLimits:
     """How much the driver holds: pixels per solver call, reader threads, videos read ahead, writes queued."""
 
     batch_pixels: int  # frame pixels (H x W) of all pairs of one solver call; at least one pair always
+    first_batch: int = 0  # pairs of the first solver call, doubled at every call up to batch_pixels; 0: no ramp
     readers: int = 3  # reader threads (JPEG decoding releases the GIL; see benchmarks/bench_flow_reader.py)
     window: int = 5  # videos read ahead of the solver
     writers: int = 1  # one writer thread, or that many writer processes (see _writer_pool)
@@ -61,20 +62,27 @@ Pair = tuple[_Video, int]  # a video and the index of its pair (frames i and i +
 class PairBatcher:
     """Queues of pairs per frame shape, solved in batches of at most ``batch_pixels`` pixels.
 
+    With ``first_batch``, the first batch holds that many pairs and each later one twice the last, until the
+    pixel budget: a CPU solves a pair in seconds, so a first batch of a full budget (32 pairs of 170x128 frames)
+    would keep the progress bar at 0 for minutes; the ramp moves it after one pair per worker and costs nothing,
+    as the CPU solvers gain nothing from larger batches.
+
     ``add``, ``flush_oldest`` and ``flush_all`` return what happened: ``Progress`` per solved batch and video,
     finished ``_Video`` objects (to write), and failed ``Outcome`` objects.
     """
 
-    def __init__(self, solve: Solver, step: int, batch_pixels: int) -> None:
+    def __init__(self, solve: Solver, step: int, batch_pixels: int, first_batch: int = 0) -> None:
         self.solve, self.step = solve, step
         self.batch_pixels = batch_pixels
+        self.ramp = first_batch  # pairs allowed in the next batch while ramping up; 0 once ramped (or no ramp)
         self.queues: dict[tuple[int, int], list[Pair]] = {}
         self.held: dict[str, _Video] = {}  # read videos with pairs still to solve, oldest first
         self.held_pixels = 0
 
     def capacity(self, shape: tuple[int, int]) -> int:
-        """Pairs of this frame shape per batch."""
-        return max(1, self.batch_pixels // (shape[0] * shape[1]))
+        """Pairs of this frame shape in the next batch."""
+        pairs = max(1, self.batch_pixels // (shape[0] * shape[1]))
+        return min(pairs, self.ramp) if self.ramp else pairs
 
     def add(self, item: WorkItem, gray: np.ndarray, dtype: np.dtype) -> list:
         """Queue a video's pairs; solve the batches that are full."""
@@ -88,12 +96,7 @@ class PairBatcher:
         shape = gray.shape[1:]
         queue = self.queues.setdefault(shape, [])
         queue.extend((video, i) for i in range(pairs))
-        events: list = []
-        while len(queue) >= self.capacity(shape):
-            batch = queue[:self.capacity(shape)]
-            del queue[:len(batch)]
-            events += self._solve(batch)
-        return events
+        return self._solve_full(queue, shape, partial=False)
 
     def flush_oldest(self) -> list:
         """Solve the partial batch that holds the oldest video, so that its frames can go."""
@@ -104,10 +107,15 @@ class PairBatcher:
         return [event for shape in list(self.queues) for event in self._flush(shape)]
 
     def _flush(self, shape: tuple[int, int]) -> list:
+        return self._solve_full(self.queues.pop(shape, []), shape, partial=True)
+
+    def _solve_full(self, queue: list[Pair], shape: tuple[int, int], partial: bool) -> list:
+        """Solve the queue's full batches, and its last partial one too when ``partial``."""
         events: list = []
-        queue = self.queues.pop(shape, [])
-        for start in range(0, len(queue), self.capacity(shape)):
-            events += self._solve(queue[start:start + self.capacity(shape)])
+        while queue and (partial or len(queue) >= self.capacity(shape)):
+            batch = queue[:self.capacity(shape)]
+            del queue[:len(batch)]
+            events += self._solve(batch)
         return events
 
     def _solve(self, batch: list[Pair]) -> list:
@@ -131,6 +139,9 @@ class PairBatcher:
         return self._store(batch, flow)
 
     def _store(self, batch: list[Pair], flow: np.ndarray) -> list:
+        self.ramp *= 2
+        if self.ramp >= self.batch_pixels:  # no batch holds more pairs than pixels: the ramp is over
+            self.ramp = 0
         solved: dict[str, int] = {}
         finished = []
         for (video, i), pair_flow in zip(batch, flow):
@@ -163,7 +174,7 @@ def flow_executor(read: Reader, solve: Solver, prepare: Preparer, layout: StoreL
     processes."""
 
     def execute(items: list[WorkItem]) -> Iterator[Event]:
-        batcher = PairBatcher(solve, step, limits.batch_pixels)
+        batcher = PairBatcher(solve, step, limits.batch_pixels, limits.first_batch)
         pending = iter(items)
         reads: deque[tuple[WorkItem, Future]] = deque()
         writes: deque[Future] = deque()
@@ -186,11 +197,24 @@ def flow_executor(read: Reader, solve: Solver, prepare: Preparer, layout: StoreL
                         events += batcher.flush_oldest()
                     yield from _dispatch(events, writes, writer, prepare, layout, queued)
                 yield from _dispatch(batcher.flush_all(), writes, writer, prepare, layout, 0)
+            except KeyboardInterrupt:
+                yield from _finished_writes(writes)
+                raise
             finally:
                 for _, load in reads:  # an error or Ctrl-C: drop the queued reads instead of running them
                     load.cancel()
 
     return execute
+
+
+def _finished_writes(writes: deque[Future]) -> Iterator[Outcome]:
+    """After Ctrl-C, the outcomes of the videos already handed to the writer, which finishes them anyway (the
+    pool waits for its queued writes): the summary then counts every video the store holds, and the rerun skips
+    the same ones. A write the interruption broke (a writer process stopped by the same Ctrl-C) is left out: the
+    rerun removes what it left and redoes its video. A second Ctrl-C ends the wait."""
+    for write in writes:
+        if write.exception() is None:
+            yield write.result()
 
 
 def _hold_pixels(batch_pixels: int) -> int:
