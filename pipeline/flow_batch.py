@@ -17,7 +17,7 @@ from collections import deque
 import multiprocessing
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Union
+from typing import Any, Callable, Iterable, Iterator, Union
 
 import numpy as np
 import torch
@@ -67,8 +67,9 @@ class PairBatcher:
     would keep the progress bar at 0 for minutes; the ramp moves it after one pair per worker and costs nothing,
     as the CPU solvers gain nothing from larger batches.
 
-    ``add``, ``flush_oldest`` and ``flush_all`` return what happened: ``Progress`` per solved batch and video,
-    finished ``_Video`` objects (to write), and failed ``Outcome`` objects.
+    ``add`` queues a video; ``ready``, ``flush_oldest`` and ``flush_all`` solve batches one at a time and yield,
+    per batch, what happened: ``Progress`` per video, finished ``_Video`` objects (to write) and failed ``Outcome``
+    objects; so the caller reports each batch before the next one is solved.
     """
 
     def __init__(self, solve: Solver, step: int, batch_pixels: int, first_batch: int = 0) -> None:
@@ -85,7 +86,7 @@ class PairBatcher:
         return min(pairs, self.ramp) if self.ramp else pairs
 
     def add(self, item: WorkItem, gray: np.ndarray, dtype: np.dtype) -> list:
-        """Queue a video's pairs; solve the batches that are full."""
+        """Queue a video's pairs; a video without pairs is finished at once (returned)."""
         pairs = max(0, len(gray) - self.step)
         video = _Video(item, len(gray), gray, np.zeros((pairs, *gray.shape[1:], 2), dtype), pairs)
         if pairs == 0:
@@ -96,27 +97,28 @@ class PairBatcher:
         shape = gray.shape[1:]
         queue = self.queues.setdefault(shape, [])
         queue.extend((video, i) for i in range(pairs))
-        return self._solve_full(queue, shape, partial=False)
+        return []
 
-    def flush_oldest(self) -> list:
+    def ready(self) -> Iterator[list]:
+        """Solve the full batches."""
+        for shape, queue in list(self.queues.items()):
+            yield from self._batches(queue, shape, partial=False)
+
+    def flush_oldest(self) -> Iterator[list]:
         """Solve the partial batch that holds the oldest video, so that its frames can go."""
-        oldest = next(iter(self.held.values()))
-        return self._flush(oldest.gray.shape[1:])
+        shape = next(iter(self.held.values())).gray.shape[1:]
+        yield from self._batches(self.queues.pop(shape, []), shape, partial=True)
 
-    def flush_all(self) -> list:
-        return [event for shape in list(self.queues) for event in self._flush(shape)]
+    def flush_all(self) -> Iterator[list]:
+        for shape in list(self.queues):
+            yield from self._batches(self.queues.pop(shape), shape, partial=True)
 
-    def _flush(self, shape: tuple[int, int]) -> list:
-        return self._solve_full(self.queues.pop(shape, []), shape, partial=True)
-
-    def _solve_full(self, queue: list[Pair], shape: tuple[int, int], partial: bool) -> list:
+    def _batches(self, queue: list[Pair], shape: tuple[int, int], partial: bool) -> Iterator[list]:
         """Solve the queue's full batches, and its last partial one too when ``partial``."""
-        events: list = []
         while queue and (partial or len(queue) >= self.capacity(shape)):
             batch = queue[:self.capacity(shape)]
             del queue[:len(batch)]
-            events += self._solve(batch)
-        return events
+            yield self._solve(batch)
 
     def _solve(self, batch: list[Pair]) -> list:
         """Solve a batch, in halves after a CUDA out-of-memory; one pair that does not fit fails its video."""
@@ -180,6 +182,11 @@ def flow_executor(read: Reader, solve: Solver, prepare: Preparer, layout: StoreL
         writes: deque[Future] = deque()
         queued = 2 * limits.writers + 2  # finished videos waiting to be written, each holding its flow
         with ThreadPoolExecutor(limits.readers) as readers, _writer_pool(limits.writers) as writer:
+
+            def report(batches: Iterable[list]) -> Iterator[Event]:
+                for events in batches:  # each batch's events before the next batch is solved
+                    yield from _dispatch(events, writes, writer, prepare, layout, queued)
+
             try:
                 _refill(reads, pending, readers, read, limits.window)
                 while reads:
@@ -191,12 +198,13 @@ def flow_executor(read: Reader, solve: Solver, prepare: Preparer, layout: StoreL
                         yield Outcome(item.video_id, item.source, "failed", message=str(exc))
                         continue
                     del load
-                    events = batcher.add(item, gray, dtype)
+                    yield from report([batcher.add(item, gray, dtype)])
                     del gray
+                    yield from report(batcher.ready())
                     while batcher.held_pixels > _hold_pixels(batcher.batch_pixels) and len(batcher.held) > 1:
-                        events += batcher.flush_oldest()
-                    yield from _dispatch(events, writes, writer, prepare, layout, queued)
-                yield from _dispatch(batcher.flush_all(), writes, writer, prepare, layout, 0)
+                        yield from report(batcher.flush_oldest())
+                yield from report(batcher.flush_all())
+                yield from _dispatch([], writes, writer, prepare, layout, 0)
             except KeyboardInterrupt:
                 yield from _finished_writes(writes)
                 raise

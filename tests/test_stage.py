@@ -15,6 +15,7 @@ from actrec.cli import cli
 from actrec.data_manifests.manifest import ManifestRow
 from actrec.pipeline.decode import ResizeSpec
 from actrec.pipeline.frames import ExtractOptions, extract_frames
+from actrec.pipeline import stage as stage_mod
 from actrec.pipeline.stage import REPORT_HEADER, Outcome, Progress, WorkItem, run_stage
 
 LIGHT_CLI = ["--nscales", "2", "--warps", "2", "--inner-iterations", "10", "--outer-iterations", "2"]
@@ -138,6 +139,30 @@ def test_compute_flow_bar_moves_after_the_first_pair_on_the_cpu(frames_root: Pat
     counts = bar_counts(result.output, "compute-flow")
     assert counts[:6] == [0, 1, 3, 7, 15, 28], counts  # batches of 1, 2, 4, 8, then the 13 pairs left
     assert sum("100%" in s for s in segments(result.output)) == 1
+
+
+def test_each_batch_moves_the_bar_before_the_next_is_solved(frames_root: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first progress update comes after one pair, not after every batch the first video fills."""
+    from actrec.pipeline import flow as flow_mod
+    from actrec.pipeline.flow import FlowOptions, compute_flow
+    from actrec.pipeline.tvl1 import TVL1Params
+
+    timeline: list[tuple[str, int]] = []
+    solver = flow_mod.opencv_tvl1_flow
+
+    def recorded(img0, img1, params, workers=1):
+        timeline.append(("solve", len(img0)))
+        return solver(img0, img1, params, workers=workers)
+
+    advance = stage_mod._StageBar.advance
+    monkeypatch.setattr(flow_mod, "opencv_tvl1_flow", recorded)
+    monkeypatch.setattr(stage_mod._StageBar, "advance",
+                        lambda bar, video_id, units: timeline.append(("bar", units)) or advance(bar, video_id, units))
+    options = FlowOptions(params=TVL1Params(nscales=2, warps=1, inner_iterations=5, outer_iterations=1),
+                          backend="opencv")
+    assert compute_flow(frames_root, tmp_path / "flow", options, progress=False).done == 1
+    assert timeline == [(kind, n) for n in (1, 2, 4, 8, 13) for kind in ("solve", "bar")]
 
 
 def test_flow_limits_ramp_from_one_pair_per_worker_on_the_cpu_only() -> None:
