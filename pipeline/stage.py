@@ -23,6 +23,7 @@ from tqdm import tqdm
 from actrec.errors import InputError, StoreError
 from actrec.pipeline.diskspace import is_disk_full
 from actrec.pipeline.store import Dataset, StoreLayout, write_part
+from actrec.wording import counted
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,8 @@ class StageSummary:
     def line(self) -> str:
         rate = self.processed / self.elapsed if self.elapsed > 0 else 0.0
         text = (f"{self.name}: {self.done} done, {self.skipped} skipped (already finished), {self.failed} failed, "
-                f"{self.warned} with warnings; {self.frames} {self.unit} ({format_rate(rate)} {self.unit}/s), "
+                f"{self.warned} with warnings; {counted(self.frames, self.unit.removesuffix('s'), self.unit)} "
+                f"({format_rate(rate)} {self.unit}/s), "
                 f"{self.nbytes / 1e6:.1f} MB written, {self.elapsed:.1f} s")
         if self.interrupted:
             text += "; interrupted: rerun the same command to resume"

@@ -253,3 +253,11 @@ def test_ctrl_c_outside_the_executor_still_collects_what_it_finishes(tmp_path: P
     summary = run_stage("compute-flow", InterruptedSeal(tmp_path), items, execute, unit="flows", progress=False)
     assert summary.interrupted and (summary.done, summary.frames, summary.nbytes) == (2, 7, 17)
     assert InterruptedSeal.sealed == [0, 1]  # the collected video's shard is sealed too
+
+
+def test_a_count_of_one_is_singular_in_the_summary(tmp_path: Path) -> None:
+    items = [WorkItem("v0", "v0", 0), WorkItem("v1", "v1", 0)]
+    summary = run_stage("compute-flow", _Sink(tmp_path), items,
+                        lambda todo: iter([Outcome("v0", "v0", "done", frames=1), Outcome("v1", "v1", "done")]),
+                        unit="flows", progress=False)
+    assert "; 1 flow (" in summary.line() and "flows/s" in summary.line()
