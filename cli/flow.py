@@ -67,7 +67,8 @@ N frames give N-step flows; flow i maps frame i to frame i+step (0-based). Store
 @click.option("--batch-pixels", type=click.IntRange(min=1), default=None,
               help="Frame pixels (H x W) per solver call, pairs of one frame shape from several videos "
                    "(5570560 = 64 pairs at 340x256) [default: what fits in the GPU's free memory; on the CPU "
-                   "8 such pairs per worker]. A batch that runs out of GPU memory is retried in halves.")
+                   "8 such pairs per worker, reached by doubling from one pair per worker so that the bar moves "
+                   "after the first pair]. A batch that runs out of GPU memory is retried in halves.")
 @click.option("--readers", type=click.IntRange(min=1), default=3, show_default=True,
               help="Threads reading and decoding frames ahead of the solver (one turns 1,500-1,900 JPEG frames "
                    "per CPU-second into gray at 340x256).")

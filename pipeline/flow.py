@@ -35,6 +35,7 @@ from actrec.pipeline.store import META_FILE, Dataset, ShardedReader, init_store,
 from actrec.pipeline.tvl1 import TVL1Params, to_gray, tvl1_flow
 from actrec.pipeline.tvl1.backend import default_kernels
 from actrec.pipeline.tvl1.floor import bytes_per_pixel_pair
+from actrec.wording import agrees, counted
 
 KIND = "flow"
 BACKENDS = ("torch", "opencv")
@@ -185,10 +186,13 @@ GPU_WRITERS = 4
 
 def flow_limits(options: FlowOptions, workers: int) -> DriverLimits:
     """The driver's limits: the batch in pixels, the readers and a read-ahead of two videos beyond them, the
-    writers."""
-    writers = options.writers or (GPU_WRITERS if torch.device(options.device).type == "cuda" else 1)
-    return DriverLimits(batch_pixels=batch_pixels(options, workers), readers=options.readers,
-                        window=options.readers + 2, writers=writers)
+    writers. The CPU's default batch is reached by doubling from one pair per worker, so that the bar moves
+    within a pair's time (a GPU solves a full batch in about a second; an explicit --batch-pixels is taken as
+    it is)."""
+    on_gpu = torch.device(options.device).type == "cuda"
+    ramp = 0 if on_gpu or options.batch_pixels else max(1, workers if options.backend == "opencv" else 1)
+    return DriverLimits(batch_pixels=batch_pixels(options, workers), first_batch=ramp, readers=options.readers,
+                        window=options.readers + 2, writers=options.writers or (GPU_WRITERS if on_gpu else 1))
 
 
 def resolve_device(gpu: bool, local_rank: int | None = None) -> str:
@@ -239,7 +243,8 @@ def compute_flow(frames_root: str | Path, out: str | Path, options: FlowOptions 
     ids = list(video_ids) if video_ids is not None else sorted(frames.video_ids)
     missing = [v for v in ids if v not in frames]
     if missing:
-        raise InputError(f"{frames_root}: {len(missing)} videos are not in the frame store, e.g. {missing[0]!r}")
+        raise InputError(f"{frames_root}: {counted(len(missing), 'video')} {agrees(len(missing), 'is', 'are')} not "
+                         f"in the frame store, e.g. {missing[0]!r}")
     rank, world_size = resolve_rank(rank, world_size)
     layout = init_store(out, KIND, options.store_params(), shard_count(len(ids), videos_per_shard))
     items = plan_shards([(v, v) for v in ids], layout.num_shards, rank, world_size)

@@ -100,22 +100,24 @@ class FolderSink:
 
 
 def export_video(item: WorkItem, out: Path, frames: FrameStore, flows: FlowStore | None, quality: int) -> Outcome:
-    """Write one video's rawframe folder (frames as stored JPEGs, flow as quantised grayscale JPEGs)."""
+    """Write one video's rawframe folder (frames as stored JPEGs, flow as quantised grayscale JPEGs); the outcome
+    counts its frames and the bytes of its files."""
     tmp = out / f"{item.video_id}{_TMP}"
     try:
         tmp.mkdir()
         group = frames.group(item.video_id)
         count = group.attrs["num_frames"]
+        nbytes = 0
         for i in range(count):
             data = group["frames"][i]
-            (tmp / MMACTION2.name(MMACTION2.rgb_prefix, i)).write_bytes(
+            nbytes += (tmp / MMACTION2.name(MMACTION2.rgb_prefix, i)).write_bytes(
                 bytes(data) if data.ndim == 1 else _jpeg(cv2.cvtColor(data, cv2.COLOR_RGB2BGR), quality))
         if flows is not None:
             flow = flows.group(item.video_id)["flow"][()]
             quantised = flow if flow.dtype == np.uint8 else quantize_flow(flow.astype(np.float32), flows.bound)
             for i, pair in enumerate(quantised):
                 for channel, prefix in enumerate((MMACTION2.flow_x_prefix, MMACTION2.flow_y_prefix)):
-                    (tmp / MMACTION2.name(prefix, i)).write_bytes(_jpeg(pair[..., channel], quality))
+                    nbytes += (tmp / MMACTION2.name(prefix, i)).write_bytes(_jpeg(pair[..., channel], quality))
         tmp.rename(out / item.video_id)
     except StoreError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -123,7 +125,7 @@ def export_video(item: WorkItem, out: Path, frames: FrameStore, flows: FlowStore
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         return io_failure(item, exc, f"{out}: {item.video_id}")
-    return Outcome(item.video_id, item.source, "done", frames=int(count))
+    return Outcome(item.video_id, item.source, "done", frames=int(count), nbytes=nbytes)
 
 
 def _jpeg(image: np.ndarray, quality: int) -> bytes:
@@ -214,7 +216,18 @@ def import_flow_video(item: WorkItem, layout: StoreLayout, naming: Naming, optio
         return Outcome(item.video_id, item.source, "failed", message=str(exc))
     except OSError as exc:
         return io_failure(item, exc, str(folder))
-    return Outcome(item.video_id, item.source, "done", frames=len(flow), nbytes=nbytes)
+    return Outcome(item.video_id, item.source, "done", frames=len(flow), nbytes=nbytes,
+                   message=_flow_count_warning(folder, len(rgb), len(flow)))
+
+
+def _flow_count_warning(folder: Path, frames: int, flows: int) -> str:
+    """A warning when a folder's flow count is not its frame count less one (N frames give N-1 flows): a folder
+    cut short, or written by a tool with another convention. The flows are kept as they are, flow i taken to map
+    frame i to frame i+1."""
+    if not frames or flows == frames - 1:
+        return ""
+    kept = f"kept as flows 0..{flows - 1}, flow i from frame i to frame i+1" if flows else "no flow to keep"
+    return f"{folder}: {frames} frames should give {frames - 1} flows, found {flows} ({kept})"
 
 
 def _gray(path: Path) -> np.ndarray:

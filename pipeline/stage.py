@@ -23,6 +23,7 @@ from tqdm import tqdm
 from actrec.errors import InputError, StoreError
 from actrec.pipeline.diskspace import is_disk_full
 from actrec.pipeline.store import Dataset, StoreLayout, write_part
+from actrec.wording import counted
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,8 @@ class StageSummary:
     def line(self) -> str:
         rate = self.processed / self.elapsed if self.elapsed > 0 else 0.0
         text = (f"{self.name}: {self.done} done, {self.skipped} skipped (already finished), {self.failed} failed, "
-                f"{self.warned} with warnings; {self.frames} {self.unit} ({format_rate(rate)} {self.unit}/s), "
+                f"{self.warned} with warnings; {counted(self.frames, self.unit.removesuffix('s'), self.unit)} "
+                f"({format_rate(rate)} {self.unit}/s), "
                 f"{self.nbytes / 1e6:.1f} MB written, {self.elapsed:.1f} s")
         if self.interrupted:
             text += "; interrupted: rerun the same command to resume"
@@ -182,25 +184,35 @@ def run_stage(name: str, sink: Sink, items: list[WorkItem], execute: Executor, *
     cost = {it.video_id: work(it) for it in sorted(todo, key=lambda it: it.shard)} if work else {}
     report = _FailureReport(sink.root / f"failures.rank{rank}.tsv")
     summary.report = report.path
-    bar = _StageBar(name, len(todo), cost, unit, progress)
+    bar = _StageBar(name, len(todo), cost, unit, progress and bool(todo))  # nothing to do: no bar at all
+
+    def handle(event: Outcome | Progress) -> None:
+        if isinstance(event, Progress):
+            summary.processed += event.units
+            bar.advance(event.video_id, event.units)
+            return
+        if event.status == "disk_full":
+            raise StoreError(f"{sink.root}: disk full while writing {event.video_id}; the store is intact "
+                             "(finished videos are kept): free some space and rerun the same command "
+                             f"[{event.message}]")
+        _account(summary, event, report, bar.write(log))
+        summary.processed += bar.finish(event)
+        shard = shard_of[event.video_id]
+        remaining[shard] -= 1
+        if remaining[shard] == 0:
+            sink.seal(shard)
+
+    events = execute(todo)
     try:
-        for event in execute(todo):
-            if isinstance(event, Progress):
-                summary.processed += event.units
-                bar.advance(event.video_id, event.units)
-                continue
-            if event.status == "disk_full":
-                raise StoreError(f"{sink.root}: disk full while writing {event.video_id}; the store is intact "
-                                 "(finished videos are kept): free some space and rerun the same command "
-                                 f"[{event.message}]")
-            _account(summary, event, report, bar.write(log))
-            summary.processed += bar.finish(event)
-            shard = shard_of[event.video_id]
-            remaining[shard] -= 1
-            if remaining[shard] == 0:
-                sink.seal(shard)
+        for event in events:
+            handle(event)
     except KeyboardInterrupt:
         summary.interrupted = True
+        try:
+            for event in _after_interrupt(events):
+                handle(event)
+        except KeyboardInterrupt:  # a second Ctrl-C: stop collecting
+            pass
     finally:
         bar.close()
         report.close()
@@ -208,8 +220,29 @@ def run_stage(name: str, sink: Sink, items: list[WorkItem], execute: Executor, *
     return summary
 
 
+def _after_interrupt(events: Iterator[Outcome | Progress]) -> Iterator[Outcome | Progress]:
+    """What an executor still reports after Ctrl-C: the outcomes of the videos it had already handed on (e.g. to
+    a writer, which finishes them), so that the summary counts every video the store now holds. Ctrl-C is
+    thrown into a generator that was waiting at a ``yield``; one that the Ctrl-C stopped has already reported
+    them before re-raising it, and ``throw`` then raises at once."""
+    throw = getattr(events, "throw", None)
+    if throw is None:
+        return
+    try:
+        event = throw(KeyboardInterrupt())
+        while True:
+            yield event
+            event = next(events)
+    except (KeyboardInterrupt, StopIteration):
+        return
+
+
 class _StageBar:
-    """The stage's progress bar over videos, or over work units when each video's ``cost`` is known."""
+    """The stage's progress bar over videos, or over work units when each video's ``cost`` is known.
+
+    A work-unit bar redraws at every event: a solved batch reports its videos' units in one burst and the next
+    batch takes seconds to minutes, so a bar that skipped the burst's last event (tqdm's 0.1 s redraw interval)
+    would show a stale count until then and jump at the end."""
 
     def __init__(self, name: str, videos: int, cost: dict[str, int], unit: str, enabled: bool) -> None:
         self.cost = cost
@@ -217,8 +250,9 @@ class _StageBar:
         self.videos, self.done, self.failed = videos, 0, 0
         self.unit = unit
         total = sum(cost.values()) if cost else videos
+        every_event = {"mininterval": 0, "miniters": 1} if cost else {}
         self.bar = tqdm(total=total, desc=name, unit=unit.rstrip("s") if cost else "video", disable=not enabled,
-                        dynamic_ncols=True, smoothing=0.05, file=sys.stderr)
+                        dynamic_ncols=True, smoothing=0.05, file=sys.stderr, **every_event)
         self.units = 0  # units of finished videos, for the video-counting bar's rate
 
     def advance(self, video_id: str, units: int) -> None:

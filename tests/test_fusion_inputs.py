@@ -128,7 +128,7 @@ def test_class_without_training_video_gets_equal_weights() -> None:
     keep = s.labels != 7
     part = ScoreSet([v for v, k in zip(s.video_ids, keep) if k], s.labels[keep], s.class_names, s.stream_names,
                     s.scores[:, keep])
-    with pytest.warns(FusionWarning, match="1 classes have no training video and get equal weights: class7"):
+    with pytest.warns(FusionWarning, match="1 class has no training video and gets equal weights: class7"):
         fusion = fit_awf(part, AwfParams(lam=1.0))
     assert fusion.weights[7].tolist() == [0.5, 0.5] and fusion.info["equal_weight_classes"] == ["class7"]
 
@@ -207,3 +207,23 @@ def test_cli_fit_fusion_single_stream(tmp_path: Path, method: str) -> None:
 
 def test_simplex_grid_of_one_stream_is_weight_one() -> None:
     assert simplex_grid(1, 20).tolist() == [[1.0]]
+
+
+def test_cli_folds_beyond_the_labelled_videos_says_which_folds_to_use(tmp_path: Path) -> None:
+    """Issue 28.7: "5 folds need 2..4 (the labelled videos)" becomes an instruction."""
+    train = two_group_scores(1, 2, "a")
+    labels = np.full(len(train.labels), -1)
+    labels[:4] = train.labels[:4]
+    save_scores(tmp_path / "train.npz", _with(train, labels=labels))
+    save_scores(tmp_path / "test.npz", two_group_scores(2, 2, "b"))
+    args = ["fit-fusion", "--train-scores", str(tmp_path / "train.npz"), "--test-scores", str(tmp_path / "test.npz"),
+            "-o", str(tmp_path / "fusion.json")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == (f"error: {tmp_path / 'train.npz'}: 5 folds but 4 labelled "
+                                                      "videos: use --folds between 2 and 4")
+    labels[1:] = -1
+    save_scores(tmp_path / "train.npz", _with(train, labels=labels))
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and result.output.strip().splitlines()[-1].endswith(
+        "choosing lambda by cross-validation needs at least 2 labelled videos, found 1: give --lambda a value")
