@@ -8,9 +8,8 @@ import click
 
 from actrec.cli.group import cli
 from actrec.cli.options import finish_stages, parallel_options
-from actrec.pipeline.flow import (BACKENDS, COMPRESSIONS, DTYPES, FlowOptions, compute_flow, resolve_device,
-                                  store_compression)
-from actrec.pipeline.tvl1 import TVL1Params
+from actrec.pipeline.flow_spec import BACKENDS, COMPRESSIONS, DTYPES
+from actrec.pipeline.tvl1.params import TVL1Params
 
 
 def tvl1_options(func: Callable) -> Callable:
@@ -78,7 +77,7 @@ N frames give N-step flows; flow i maps frame i to frame i+step (0-based). Store
 @click.option("--step", type=click.IntRange(min=1), default=1, show_default=True, help="Flow from frame i to i+step.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="uint8", show_default=True,
               help="uint8 (quantised, the field's convention) or float16 (unquantised pixels).")
-@click.option("--compression", type=click.Choice(list(COMPRESSIONS)), default=None,
+@click.option("--compression", type=click.Choice(COMPRESSIONS), default=None,
               help="HDF5 storage of each flow, all lossless: zstd (smallest of the fast ones), lz4hc or lz4 (faster "
                    "reads, larger; via hdf5plugin), gzip (any HDF5 reader), none [default: the codec of the store "
                    "at --out when resuming one, else zstd].")
@@ -90,6 +89,8 @@ def compute_flow_cmd(frames_root: str, out: str, gpu: bool, backend: str | None,
                      readers: int, writers: int | None, bound: float, step: int, dtype: str, compression: str | None,
                      videos_per_shard: int, workers: int, rank: int | None, world_size: int | None, quiet: bool, **tvl1: float) -> None:
     """TV-L1 optical flow of consecutive frames into a sharded, resumable HDF5 flow store."""
+    from actrec.pipeline.flow import FlowOptions, compute_flow, resolve_device, store_compression
+
     options = FlowOptions(params=tvl1_params(tvl1), bound=bound, step=step, dtype=dtype,
                           compression=compression or store_compression(out),
                           backend=backend or ("torch" if gpu else "opencv"), device=resolve_device(gpu),

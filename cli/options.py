@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import click
 
-from actrec.pipeline.stage import StageSummary
+if TYPE_CHECKING:  # the stages import their libraries when they run, not when the command line starts
+    from actrec.pipeline.stage import StageSummary
 
 
 def parallel_options(func: Callable) -> Callable:
