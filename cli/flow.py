@@ -53,13 +53,16 @@ Examples:
   actrec compute-flow --frames frames/ --out flow/ --workers 2                  # CPU: OpenCV's TV-L1 in 2 processes
   actrec compute-flow --frames frames/ --out flow/ --gpu                        # one GPU, batched PyTorch TV-L1
   torchrun --nproc-per-node 8 -m actrec.cli compute-flow --frames frames/ --out flow/ --gpu   # 8 GPUs, own shards
+  srun --nodes 4 --ntasks-per-node 8 --gpus-per-node 8 actrec compute-flow --frames frames/ --out flow/ --gpu
 \b
 N frames give N-step flows; flow i maps frame i to frame i+step (0-based). Stored as uint8 in [-bound, bound].
 """)
 @click.option("--frames", "frames_root", required=True, type=click.Path(exists=True, file_okay=False),
               help="Frame store written by extract-frames.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Flow store folder (created or resumed).")
-@click.option("--gpu", is_flag=True, help="Compute on CUDA (cuda:$LOCAL_RANK under torchrun); an error without CUDA.")
+@click.option("--gpu", is_flag=True,
+              help="Compute on CUDA (cuda:$LOCAL_RANK under torchrun, cuda:$SLURM_LOCALID under srun); an error "
+                   "without CUDA.")
 @click.option("--backend", type=click.Choice(BACKENDS), default=None,
               help="torch (batched PyTorch TV-L1) or opencv (OpenCV's CPU TV-L1 in --workers processes) "
                    "[default: torch with --gpu, else opencv, the faster one on CPUs].")

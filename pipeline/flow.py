@@ -14,7 +14,6 @@ they are pixels.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from actrec.errors import DeviceError, InputError, StoreError
+from actrec.pipeline import launcher
 from actrec.pipeline.flow_opencv import opencv_tvl1_flow
 from actrec.pipeline.flow_spec import BACKENDS, COMPRESSIONS, DTYPES, codec_storage, require_codec
 from actrec.pipeline.flowio import dequantize_flow, quantize_flow
@@ -176,7 +176,8 @@ def flow_limits(options: FlowOptions, workers: int) -> DriverLimits:
 
 
 def resolve_device(gpu: bool, local_rank: int | None = None) -> str:
-    """The device of this process: ``cuda:LOCAL_RANK`` with --gpu (torchrun's one GPU per process), else CPU.
+    """The device of this process: with --gpu ``cuda:LOCAL_RANK`` (torchrun's one GPU per process; under srun
+    ``SLURM_LOCALID``, or the one GPU srun bound to the task: :mod:`.launcher`), else CPU.
 
     More local processes than visible GPUs is an error: two processes sharing one GPU would halve each one's
     memory and speed without a word."""
@@ -185,13 +186,14 @@ def resolve_device(gpu: bool, local_rank: int | None = None) -> str:
     if not torch.cuda.is_available():
         raise DeviceError("--gpu was given but CUDA is not available "
                           f"(torch {torch.__version__} sees no GPU); drop --gpu to compute on the CPU")
-    local = int(os.environ.get("LOCAL_RANK", 0)) if local_rank is None else local_rank
+    local = launcher.local_rank() if local_rank is None else local_rank
     count = torch.cuda.device_count()
-    if not 0 <= local < count:
+    index = launcher.device_index(local, count)
+    if index is None:
         raise DeviceError(f"local rank {local} has no GPU of its own: {count} CUDA device(s) visible; start at most "
                           f"{count} processes per machine (torchrun --nproc-per-node {count}) or make more GPUs "
                           "visible (CUDA_VISIBLE_DEVICES)")
-    return f"cuda:{local}"
+    return f"cuda:{index}"
 
 
 def _check_options(options: FlowOptions) -> None:
@@ -233,8 +235,8 @@ def compute_flow(frames_root: str | Path, out: str | Path, options: FlowOptions 
                             prepare=partial(flow_part, options=options), layout=layout,
                             dtype=np.dtype(options.dtype),
                             step=options.step, limits=flow_limits(options, workers))
-    return run_stage("compute-flow", layout, items, execute, rank=rank, unit="flows", progress=progress, log=log,
-                     work=lambda item: max(0, frames.num_frames(item.video_id) - options.step))
+    return run_stage("compute-flow", layout, items, execute, rank=rank, world_size=world_size, unit="flows",
+                     progress=progress, log=log, work=lambda item: max(0, frames.num_frames(item.video_id) - options.step))
 
 
 class FlowStore(ShardedReader):

@@ -162,7 +162,7 @@ def extract_frames(rows: Sequence[ManifestRow], video_root: str | Path, out: str
     if options.threads == 0:
         options = ExtractOptions(**{**options.__dict__, "threads": max(1, (os.cpu_count() or 1) // workers)})
     return run_stage("extract-frames", layout, items, pool_executor(extract_video, workers, layout, options),
-                     rank=rank, progress=progress, log=log)
+                     rank=rank, world_size=world_size, progress=progress, log=log)
 
 
 class FrameStore(ShardedReader):
