@@ -48,7 +48,7 @@ def write_stores(root: Path, videos: int, frames: int, width: int, height: int, 
     """A frame store (JPEG), a uint8 flow store and a manifest under ``root``; returns the manifest."""
     rng = np.random.default_rng(0)
     frame_layout = init_store(root / "frames", "frames", {"encoding": "jpeg"}, num_shards=1)
-    options = FlowOptions()
+    options = FlowOptions(compression="gzip")  # HDF5's own codec: no hdf5plugin needed (the GPU image has none)
     flow_layout = init_store(root / "flow", "flow", options.store_params(), num_shards=1)
     rows = []
     for v in range(videos):

@@ -25,7 +25,7 @@ import torch
 
 from actrec.errors import DeviceError, InputError, StoreError
 from actrec.pipeline import launcher
-from actrec.pipeline.flow_opencv import opencv_tvl1_flow
+from actrec.pipeline.flow_opencv import opencv_tvl1_flow, optflow
 from actrec.pipeline.flow_spec import BACKENDS, COMPRESSIONS, DTYPES, codec_storage, require_codec
 from actrec.pipeline.flowio import dequantize_flow, quantize_flow
 from actrec.pipeline.frames import FrameStore
@@ -131,6 +131,7 @@ def flow_solver(options: FlowOptions, workers: int) -> Solver:
     """The batch solver of a backend, returning the stored dtype: our TV-L1 on ``options.device``, or OpenCV's in
     ``workers`` processes."""
     if options.backend == "opencv":
+        optflow()  # here, not at the first batch
         return lambda img0, img1: _stored(opencv_tvl1_flow(img0, img1, options.params, workers=workers), options)
     device = torch.device(options.device)
     return lambda img0, img1: _stored(tvl1_flow(img0, img1, options.params, device=device), options)

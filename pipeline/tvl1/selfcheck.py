@@ -75,19 +75,23 @@ class SelfCheck:
                 "graphs": None if self.graphs is None else asdict(self.graphs)}
 
 
-def builtin_pair() -> tuple[np.ndarray, np.ndarray]:
-    """Two uint8 ``(1, 64x48)`` frames: a smooth texture of sines and the same texture moved by ``SHIFT``,
-    computed from the formula (no resampling), so the pair needs nothing but numpy."""
-    h, w = PAIR_SIZE
+def moving_texture(h: int, w: int, shift: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Two uint8 ``(h, w)`` frames: a smooth texture of sines and the same texture moved by ``shift`` (dx, dy)
+    pixels, computed from the formula (no resampling), so a pair of known motion needs nothing but numpy."""
     y, x = np.mgrid[0:h, 0:w].astype(np.float64)
 
     def texture(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return (128 + 45 * np.sin(0.35 * x + 0.12 * y) + 35 * np.cos(0.27 * y - 0.09 * x)
                 + 25 * np.sin(0.021 * (x - 30) * (y - 20)))
 
-    dx, dy = SHIFT
-    frames = [texture(x, y), texture(x - dx, y - dy)]  # frame 1 at x + d shows frame 0 at x
-    return tuple(np.clip(np.rint(f), 0, 255).astype(np.uint8)[None] for f in frames)
+    dx, dy = shift
+    frames = texture(x, y), texture(x - dx, y - dy)  # frame 1 at x + d shows frame 0 at x
+    return tuple(np.clip(np.rint(f), 0, 255).astype(np.uint8) for f in frames)
+
+
+def builtin_pair() -> tuple[np.ndarray, np.ndarray]:
+    """The self-check's pair: ``(1, 48, 64)`` uint8 frames moved by ``SHIFT``."""
+    return tuple(f[None] for f in moving_texture(*PAIR_SIZE, SHIFT))
 
 
 def solve(kernels: Callable, device: torch.device) -> torch.Tensor:
