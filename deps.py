@@ -40,7 +40,7 @@ class LazyModule:
         self._module: ModuleType | None = None
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):  # private names and the probes of copy, pickle and the like: not the module's
+        if name in ("_spec", "_module"):  # not set yet (an instance made without __init__): never recurse
             raise AttributeError(name)
         if self._module is None:
             self._module = require(*self._spec)

@@ -18,8 +18,8 @@ and the same pair with the plain-PyTorch kernels on the CPU, and compares the fl
   time through them, which captures the process's first graph: a capture error or flows outside the tolerance
   give one warning naming ACTREC_TVL1_GRAPHS, and the kernels are launched directly on that device.
 
-The check costs one small solve per device and process (well under a second on a GPU, a few seconds under
-``TRITON_INTERPRET=1`` on the CPU).
+The check costs one small solve per device and process, plus the kernels' compilation, which their first use would
+pay anyway (3 s under ``TRITON_INTERPRET=1`` on a shared 2-core CPU; not yet measured on a GPU).
 """
 
 from __future__ import annotations
