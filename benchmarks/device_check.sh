@@ -63,7 +63,10 @@ else
     COMPILE=(--batches 8 64)
     TRAIN=(--gpu)
 fi
-[ -f "$DATA" ] || { echo "missing $DATA: run benchmarks/prepare_device_check.py$([ $DRY = 1 ] && echo ' --tiny') first"; exit 2; }
+if [ ! -f "$DATA" ]; then
+    echo "missing $DATA: run benchmarks/prepare_device_check.py$([ $DRY = 1 ] && echo ' --tiny') first"
+    exit 2
+fi
 # the tests' frames and OpenCV flows come from the prepared file; a stub stands for the shared data folder
 mkdir -p "$STUB/videos" && touch "$STUB/README.md"
 : > "$OUT/summary.txt"

@@ -13,7 +13,7 @@ from actrec.errors import DeviceError
 
 @cli.command("check-gpu", epilog="""\b
 Examples:
-  actrec check-gpu                 # about a minute: paste its output into a bug report
+  actrec check-gpu                 # paste its output into a bug report
   actrec check-gpu --json > gpu.json
 \b
 Prints torch, CUDA, driver, GPU name and memory, Triton, cuDNN and free memory, then one table line per check as it

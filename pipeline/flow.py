@@ -237,7 +237,8 @@ def compute_flow(frames_root: str | Path, out: str | Path, options: FlowOptions 
                             dtype=np.dtype(options.dtype),
                             step=options.step, limits=flow_limits(options, workers))
     return run_stage("compute-flow", layout, items, execute, rank=rank, world_size=world_size, unit="flows",
-                     progress=progress, log=log, work=lambda item: max(0, frames.num_frames(item.video_id) - options.step))
+                     progress=progress, log=log,
+                     work=lambda item: max(0, frames.num_frames(item.video_id) - options.step))
 
 
 class FlowStore(ShardedReader):

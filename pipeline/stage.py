@@ -8,7 +8,6 @@ all its videos were attempted. One video's failure is recorded and never stops t
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 import zlib
@@ -95,8 +94,8 @@ class StageSummary:
     def line(self) -> str:
         rate = self.processed / self.elapsed if self.elapsed > 0 else 0.0
         where = f" (rank {self.rank} of {self.world_size})" if self.world_size > 1 else ""
-        text = (f"{self.name}{where}: {self.done} done, {self.skipped} skipped (already finished), {self.failed} failed, "
-                f"{self.warned} with warnings; {self.frames} {self.unit} ({format_rate(rate)} {self.unit}/s), "
+        text = (f"{self.name}{where}: {self.done} done, {self.skipped} skipped (already finished), "
+                f"{self.failed} failed, {self.warned} with warnings; {self.frames} {self.unit} ({format_rate(rate)} {self.unit}/s), "
                 f"{self.nbytes / 1e6:.1f} MB written, {self.elapsed:.1f} s")
         if self.interrupted:
             text += "; interrupted: rerun the same command to resume"
@@ -165,8 +164,8 @@ class Sink(Protocol):
 
 
 def run_stage(name: str, sink: Sink, items: list[WorkItem], execute: Executor, *, rank: int = 0,
-              world_size: int = 1, unit: str = "frames", work: Callable[[WorkItem], int] | None = None, progress: bool = True,
-              log: Callable[[str], None] = print) -> StageSummary:
+              world_size: int = 1, unit: str = "frames", work: Callable[[WorkItem], int] | None = None,
+              progress: bool = True, log: Callable[[str], None] = print) -> StageSummary:
     """Run ``execute`` on the unfinished items, sealing shards as they complete; return the summary.
 
     The bar counts videos, or, with ``work`` (the units a video will produce, e.g. its flows), those units: its

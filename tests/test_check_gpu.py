@@ -38,8 +38,8 @@ def test_the_checks_run_on_the_cpu_and_print_one_line_each(monkeypatch: pytest.M
     lines = result.output.splitlines()
     assert f"torch: {torch.__version__}" in lines and "device: cpu" in lines
     rows = [line for line in lines if line.startswith("| ") and "| check |" not in line]
-    assert [row.split(" | ")[0] for row in rows] == ["| triton self-check", "| tv-l1 triton 64x48", "| tv-l1 torch 64x48",
-                                                     "| stilt reduced bf16, batch 2"]
+    assert [row.split(" | ")[0] for row in rows] == ["| triton self-check", "| tv-l1 triton 64x48",
+                                                     "| tv-l1 torch 64x48", "| stilt reduced bf16, batch 2"]
     assert "skipped: Triton runs on CUDA" in rows[0] and "skipped" in rows[1]
     assert "| pass | " in rows[2] and "pairs/s (batch 2" in rows[2] and "against the true motion" in rows[2]
     assert "| pass | " in rows[3] and "clips/s" in rows[3]
