@@ -22,6 +22,8 @@
 # neither PyAV nor hdf5plugin nor opencv-contrib, which the image lacks (flow stores there use gzip).
 #
 #   bash benchmarks/device_check.sh              # on the GPU machine; results under $OUT (default .device_check/out)
+#                                                # (carry .device_check/prepared.npz itself, not the folder, so that
+#                                                # the inductor cache there survives for a rerun)
 #   bash benchmarks/device_check.sh --dry-run    # every step on the CPU, tiny sizes, with only the image's packages
 #
 # --dry-run reads .device_check/tiny.npz (`python3 benchmarks/prepare_device_check.py --tiny`), runs the Triton
