@@ -17,9 +17,11 @@
 # line per finished step), so a step stopped by its limit keeps what it measured. No pytest -x: a failing test
 # does not hide the next ones.
 #
-# Carried (64 MiB in all): the tree (git ls-files, 1.1 MiB) and .device_check/prepared.npz (15.8 MiB), 17 MiB, made
-# beforehand with the full install by `python3 benchmarks/prepare_device_check.py`; no wheels: the GPU paths need
-# neither PyAV nor hdf5plugin nor opencv-contrib, which the image lacks (flow stores there use gzip).
+# Carried (64 MiB in all): the tree (git ls-files, 1.1 MiB) and .device_check/prepared.npz (28.1 MiB: the frames, and
+# OpenCV's and our CPU solver's flows of the 20 parity pairs, so the GPU's minutes are not spent computing them),
+# 29.2 MiB, made beforehand with the full install by `python3 benchmarks/prepare_device_check.py` (about 3 CPU-minutes);
+# no wheels: the GPU paths need neither PyAV nor hdf5plugin nor opencv-contrib, which the image lacks (flow stores
+# there use gzip).
 #
 #   bash benchmarks/device_check.sh              # on the GPU machine; results under $OUT (default .device_check/out)
 #                                                # (carry .device_check/prepared.npz itself, not the folder, so that

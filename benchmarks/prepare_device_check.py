@@ -5,12 +5,13 @@ The GPU machine we borrow has torch, triton, h5py, numpy and opencv-python-headl
 tests/test_tvl1.py and the small pairs) and computes OpenCV's TV-L1 flows for the 20 pairs, into one compressed
 .npz that the device check carries (git-ignored ``.device_check/``):
 
-    .venv/bin/python benchmarks/prepare_device_check.py           # .device_check/prepared.npz, 15.8 MiB
+    .venv/bin/python benchmarks/prepare_device_check.py           # .device_check/prepared.npz, 28.1 MiB
     .venv/bin/python benchmarks/prepare_device_check.py --tiny    # .device_check/tiny.npz, for --dry-run
 
 Keys: ``"<clip>:<start>:<count>"`` (uint8 frames, as tests/test_tvl1.py's ``gray_frames`` returns them), ``img0``
 and ``img1`` (the parity pairs, uint8 ``(N, H, W)``), ``opencv_flow`` (float32 ``(N, H, W, 2)``, OpenCV's flows
-of them) and ``params`` (the TV-L1 parameters of those flows, JSON). ``--tiny`` makes the same from 64x48 crops of
+of them), ``cpu_flow`` (our CPU solver's, which the CUDA parity test also compares with) and ``params`` (the TV-L1
+parameters of those flows, JSON). ``--tiny`` makes the same from 64x48 crops of
 the first 4 pairs with light parameters (``TINY_PARAMS``): what the dry run solves on the CPU in seconds.
 """
 
@@ -40,7 +41,7 @@ def prepare(videos: Path, out: Path, tiny: bool = False) -> dict:
     from test_tvl1 import FIRST_FRAME, PAIRS_PER_CLIP, PARITY_CLIPS, gray_frames
 
     from actrec.pipeline.flow_opencv import opencv_tvl1_flow
-    from actrec.pipeline.tvl1 import TVL1Params
+    from actrec.pipeline.tvl1 import TVL1Params, tvl1_flow
 
     arrays: dict[str, np.ndarray] = {}
     img0, img1 = [], []
@@ -62,6 +63,10 @@ def prepare(videos: Path, out: Path, tiny: bool = False) -> dict:
     arrays["opencv_flow"] = opencv_tvl1_flow(arrays["img0"], arrays["img1"], params, workers=workers).numpy()
     arrays["params"] = np.array(json.dumps(asdict(params)))
     print(f"OpenCV flows of {len(a)} pairs: {time.perf_counter() - t:.1f} s", flush=True)
+    if not tiny:  # the CPU solver's flows, which the CUDA parity test compares with: not computed on the GPU's time
+        t = time.perf_counter()
+        arrays["cpu_flow"] = tvl1_flow(arrays["img0"], arrays["img1"], params).numpy()
+        print(f"our CPU flows of {len(a)} pairs: {time.perf_counter() - t:.1f} s", flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.npz")
     np.savez_compressed(tmp, **arrays)
