@@ -48,7 +48,7 @@ def write_stores(root: Path, videos: int, frames: int, width: int, height: int, 
     """A frame store (JPEG), a uint8 flow store and a manifest under ``root``; returns the manifest."""
     rng = np.random.default_rng(0)
     frame_layout = init_store(root / "frames", "frames", {"encoding": "jpeg"}, num_shards=1)
-    options = FlowOptions()
+    options = FlowOptions(compression="gzip")  # HDF5's own codec: no hdf5plugin needed (the GPU image has none)
     flow_layout = init_store(root / "flow", "flow", options.store_params(), num_shards=1)
     rows = []
     for v in range(videos):
@@ -158,18 +158,21 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=30, help="training iterations per measured run")
     parser.add_argument("--gpu", action="store_true", help="also run the CUDA comparisons")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="dry-run sizes for the CPU part (6 videos of 12 frames at 48x40, 32 px crops, batch 2)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    videos, frames, width, height, crop, batch = (6, 12, 48, 40, 32, 2) if args.tiny else (24, 24, 150, 112, 112, 8)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        cpu_manifest = write_stores(root / "cpu", videos=24, frames=24, width=150, height=112)
+        cpu_manifest = write_stores(root / "cpu", videos=videos, frames=frames, width=width, height=height)
         base = dict(frames=str(root / "cpu" / "frames"), flow=str(root / "cpu" / "flow"),
-                    manifest=str(cpu_manifest), reduced=True, crop=112, resize=112, batch_size=8,
+                    manifest=str(cpu_manifest), reduced=True, crop=crop, resize=crop, batch_size=batch,
                     iterations=args.iterations, workers=args.workers, log_every=5, checkpoint_every=10**6)
         config = resolve_config("stilt", overrides=base)
-        print(f"CPU, reduced STILT (width 8, 3 segments, L=10, 112x112 crops from 150x112 JPEG frames), batch 8, "
-              f"{args.workers} loader workers, {torch.get_num_threads()} torch threads")
+        print(f"CPU, reduced STILT (width 8, 3 segments, L=10, {crop}x{crop} crops from {width}x{height} JPEG frames), "
+              f"batch {batch}, {args.workers} loader workers, {torch.get_num_threads()} torch threads")
         print(f"  loader alone: {loader_rate(config, 10):.1f} clips/s")
         best, mean, wait = train_rate(config, root / "run_cpu", gpu=False)
         reference = reference_rate(config, 10, torch.device("cpu"))

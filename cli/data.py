@@ -1,4 +1,8 @@
-"""Data preparation commands: synthetic dataset, manifests, frame extraction, mmaction2 rawframes export and import."""
+"""Data preparation commands: synthetic dataset, manifests, frame extraction, mmaction2 rawframes export and import.
+
+The stages (decoding, stores, OpenCV) are imported by the commands that run them, so that ``--help`` and
+make-manifest start at once.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,7 @@ from actrec.data_manifests.build import (KINETICS_PATTERN, HoldOut, check_videos
 from actrec.data_manifests.manifest import read_manifest, write_manifest
 from actrec.errors import ActrecError
 from actrec.pipeline import synth as _synth
-from actrec.pipeline.decode import ResizeSpec
-from actrec.pipeline.frames import ENCODINGS, PARTIAL_POLICIES, ExtractOptions, extract_frames
-from actrec.pipeline.rawframes import export_rawframes, import_rawframes
+from actrec.pipeline.frames import ENCODINGS, PARTIAL_POLICIES
 from actrec.wording import counted
 
 
@@ -176,6 +178,9 @@ def extract_frames_cmd(manifest: str | None, video_root: str, out: str, splits: 
                        jpeg_qscale: int, partial: str, videos_per_shard: int, workers: int, rank: int | None,
                        world_size: int | None, quiet: bool) -> None:
     """Decode videos (PyAV), resize, and store RGB frames in a sharded, resumable HDF5 frame store."""
+    from actrec.pipeline.decode import ResizeSpec
+    from actrec.pipeline.frames import ExtractOptions, extract_frames
+
     if size and short_side:
         raise click.UsageError("--size and --short-side are exclusive")
     resize = ResizeSpec(None, None, short_side) if short_side else ResizeSpec(*(size or (340, 256)))
@@ -206,6 +211,8 @@ grayscale JPEG) and, with --manifest, <split>_rawframes.txt / <split>_rawframes_
 def export_rawframes_cmd(frames_root: str, flow_root: str | None, out: str, manifest: str | None, quality: int,
                          workers: int, rank: int | None, world_size: int | None, quiet: bool) -> None:
     """Export frame and flow stores to the mmaction2 rawframe layout."""
+    from actrec.pipeline.rawframes import export_rawframes
+
     rows = read_manifest(manifest) if manifest else None
     summary = export_rawframes(frames_root, out, flow_root, rows, quality=quality, workers=workers, rank=rank,
                                world_size=world_size, progress=not quiet, log=lambda line: click.echo(line, err=True))
@@ -230,6 +237,8 @@ Examples:
 def import_rawframes_cmd(src: str, frames_out: str, flow_out: str | None, bound: float, videos_per_shard: int,
                          workers: int, rank: int | None, world_size: int | None, quiet: bool) -> None:
     """Build frame and flow stores from mmaction2/TSN rawframe folders, so no frame or flow is recomputed."""
+    from actrec.pipeline.rawframes import import_rawframes
+
     summaries = import_rawframes(src, frames_out, flow_out, bound=bound, videos_per_shard=videos_per_shard,
                                  workers=workers, rank=rank, world_size=world_size, progress=not quiet,
                                  log=lambda line: click.echo(line, err=True))

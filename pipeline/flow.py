@@ -5,7 +5,7 @@ Index convention: a video of N stored frames gets N - step flows; flow ``i`` map
 stack of L flows starting at ``i`` covers frames ``i .. i + L*step``. A one-frame video gets zero flows.
 
 A video's group ``videos/<video_id>`` holds one dataset ``flow`` of shape ``[N - step, H, W, 2]`` (channel 0 = x,
-1 = y), one chunk per flow (Blosc-LZ4 by default: readers need ``import hdf5plugin``; ``gzip`` on request),
+1 = y), one chunk per flow (Zstandard by default, an hdf5plugin filter; ``gzip`` and ``none`` need no plugin),
 and attributes ``num_flows``, ``num_frames``, ``height``, ``width``, ``step``,
 ``bound`` and ``dtype``. With ``dtype`` uint8 (the default) values are quantised as the field does: clipped to
 ``[-bound, bound]`` and mapped linearly to 0..255 (see ``actrec.pipeline.flowio.quantize_flow``); with float16
@@ -14,19 +14,19 @@ they are pixels.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import cv2
-import hdf5plugin
 import numpy as np
 import torch
 
 from actrec.errors import DeviceError, InputError, StoreError
-from actrec.pipeline.flow_opencv import opencv_tvl1_flow
+from actrec.pipeline import launcher
+from actrec.pipeline.flow_opencv import opencv_tvl1_flow, optflow
+from actrec.pipeline.flow_spec import BACKENDS, COMPRESSIONS, DTYPES, codec_storage, require_codec
 from actrec.pipeline.flowio import dequantize_flow, quantize_flow
 from actrec.pipeline.frames import FrameStore
 from actrec.pipeline.flow_batch import DriverLimits, Solver, flow_executor
@@ -38,22 +38,6 @@ from actrec.pipeline.tvl1.floor import bytes_per_pixel_pair
 from actrec.wording import agrees, counted
 
 KIND = "flow"
-BACKENDS = ("torch", "opencv")
-DTYPES = ("uint8", "float16")
-# HDF5 storage of a flow chunk (all lossless; the name is recorded in the store), measured by
-# benchmarks/bench_flowstore.py against mmaction2's JPEG folders (bytes, random 10-flow stack reads):
-# zstd (Zstandard level 3, the default) 2.1-2.25x the bytes, 2.1-2.5x the reads, ~1 ms to write a flow (level 9 saves 8%
-# of the bytes at 5x the writing CPU, which a GPU writing 2,000 flows/s cannot spare); lz4hc (Blosc2 LZ4HC-9) 2.4x,
-# 4.0x; lz4 (Blosc LZ4, the default before) 3.4x, 3.7-4.0x; gzip 2.3x, 0.8x but readable by any HDF5 reader.
-COMPRESSIONS = {
-    "zstd": dict(hdf5plugin.Zstd(clevel=3)),
-    "lz4hc": dict(hdf5plugin.Blosc2(cname="lz4hc", clevel=9, filters=hdf5plugin.Blosc2.NOFILTER)),
-    "lz4": dict(hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.SHUFFLE)),
-    "gzip": {"compression": "gzip", "compression_opts": 1},
-    "none": {},
-}
-
-
 @dataclass(frozen=True)
 class FlowOptions:
     """What flow is computed and how it is stored; ``params``, ``bound``, ``step`` and ``dtype`` go in the metadata."""
@@ -83,7 +67,7 @@ def encode_flow(flow: np.ndarray, options: FlowOptions) -> Dataset:
         data = quantize_flow(flow, options.bound) if options.dtype == "uint8" else flow.astype(np.float16)
     if not data.shape[0]:
         return Dataset(data)
-    storage = COMPRESSIONS[options.compression]
+    storage = codec_storage(options.compression)
     return Dataset(data, chunks=(1, *data.shape[1:]), compression=storage.get("compression"),
                    compression_opts=storage.get("compression_opts"))
 
@@ -148,6 +132,7 @@ def flow_solver(options: FlowOptions, workers: int) -> Solver:
     """The batch solver of a backend, returning the stored dtype: our TV-L1 on ``options.device``, or OpenCV's in
     ``workers`` processes."""
     if options.backend == "opencv":
+        optflow()  # here, not at the first batch
         return lambda img0, img1: _stored(opencv_tvl1_flow(img0, img1, options.params, workers=workers), options)
     device = torch.device(options.device)
     return lambda img0, img1: _stored(tvl1_flow(img0, img1, options.params, device=device), options)
@@ -196,7 +181,8 @@ def flow_limits(options: FlowOptions, workers: int) -> DriverLimits:
 
 
 def resolve_device(gpu: bool, local_rank: int | None = None) -> str:
-    """The device of this process: ``cuda:LOCAL_RANK`` with --gpu (torchrun's one GPU per process), else CPU.
+    """The device of this process: with --gpu ``cuda:LOCAL_RANK`` (torchrun's one GPU per process; under srun
+    ``SLURM_LOCALID``, or the one GPU srun bound to the task: :mod:`.launcher`), else CPU.
 
     More local processes than visible GPUs is an error: two processes sharing one GPU would halve each one's
     memory and speed without a word."""
@@ -205,13 +191,14 @@ def resolve_device(gpu: bool, local_rank: int | None = None) -> str:
     if not torch.cuda.is_available():
         raise DeviceError("--gpu was given but CUDA is not available "
                           f"(torch {torch.__version__} sees no GPU); drop --gpu to compute on the CPU")
-    local = int(os.environ.get("LOCAL_RANK", 0)) if local_rank is None else local_rank
+    local = launcher.local_rank() if local_rank is None else local_rank
     count = torch.cuda.device_count()
-    if not 0 <= local < count:
+    index = launcher.device_index(local, count)
+    if index is None:
         raise DeviceError(f"local rank {local} has no GPU of its own: {count} CUDA device(s) visible; start at most "
                           f"{count} processes per machine (torchrun --nproc-per-node {count}) or make more GPUs "
                           "visible (CUDA_VISIBLE_DEVICES)")
-    return f"cuda:{local}"
+    return f"cuda:{index}"
 
 
 def _check_options(options: FlowOptions) -> None:
@@ -237,6 +224,7 @@ def compute_flow(frames_root: str | Path, out: str | Path, options: FlowOptions 
 
     ``workers``: OpenCV processes of the opencv backend (the torch backend solves in this process)."""
     _check_options(options)
+    require_codec(options.compression, "compute-flow")
     if workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")
     frames = FrameStore(frames_root)
@@ -253,7 +241,8 @@ def compute_flow(frames_root: str | Path, out: str | Path, options: FlowOptions 
                             prepare=partial(flow_part, options=options), layout=layout,
                             dtype=np.dtype(options.dtype),
                             step=options.step, limits=flow_limits(options, workers))
-    return run_stage("compute-flow", layout, items, execute, rank=rank, unit="flows", progress=progress, log=log,
+    return run_stage("compute-flow", layout, items, execute, rank=rank, world_size=world_size, unit="flows",
+                     progress=progress, log=log,
                      work=lambda item: max(0, frames.num_frames(item.video_id) - options.step))
 
 
@@ -262,6 +251,7 @@ class FlowStore(ShardedReader):
 
     def __init__(self, root: str | Path) -> None:
         super().__init__(root, KIND)
+        require_codec(str(self.params.get("compression")), f"reading the flow store {self.root}")
 
     @property
     def bound(self) -> float:

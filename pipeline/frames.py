@@ -17,11 +17,11 @@ from pathlib import Path
 from fractions import Fraction
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-import av
 import cv2
 import numpy as np
 
 from actrec.data_manifests.manifest import ManifestRow
+from actrec.deps import LazyModule, require
 from actrec.errors import InputError, StoreError
 from actrec.pipeline.decode import DecodeError, DecodeResult, ResizeSpec, decode_frames
 from actrec.pipeline.stage import (Outcome, StageSummary, WorkItem, io_failure, plan_shards, pool_executor,
@@ -31,6 +31,8 @@ from actrec.pipeline.store import Dataset, ShardedReader, StoreLayout, init_stor
 KIND = "frames"
 ENCODINGS = ("jpeg", "raw")
 PARTIAL_POLICIES = ("keep", "fail")
+# PyAV decodes and encodes frames; reading a frame store needs none (the GPU image has no PyAV)
+av = LazyModule("av", "extract-frames (decoding videos)")
 # A container may over-count by a frame or two (e.g. an edit list); fewer decoded frames than this is "partial".
 _PARTIAL_TOLERANCE = 0.95
 
@@ -152,6 +154,7 @@ def extract_frames(rows: Sequence[ManifestRow], video_root: str | Path, out: str
         raise InputError(f"unknown frame encoding {options.encoding!r}; expected one of {', '.join(ENCODINGS)}")
     if options.partial not in PARTIAL_POLICIES:
         raise InputError(f"unknown partial policy {options.partial!r}; expected keep or fail")
+    require("av", "extract-frames (decoding videos)")  # here, not once per video in the workers
     rank, world_size = resolve_rank(rank, world_size)
     layout = init_store(out, KIND, options.store_params(), shard_count(len(rows), videos_per_shard))
     root = Path(video_root)
@@ -159,7 +162,7 @@ def extract_frames(rows: Sequence[ManifestRow], video_root: str | Path, out: str
     if options.threads == 0:
         options = ExtractOptions(**{**options.__dict__, "threads": max(1, (os.cpu_count() or 1) // workers)})
     return run_stage("extract-frames", layout, items, pool_executor(extract_video, workers, layout, options),
-                     rank=rank, progress=progress, log=log)
+                     rank=rank, world_size=world_size, progress=progress, log=log)
 
 
 class FrameStore(ShardedReader):

@@ -153,7 +153,7 @@ def export_rawframes(frames_root: str | Path, out: str | Path, flow_root: str | 
     sink = FolderSink(Path(out))
     summary = run_stage("export-rawframes", sink, items, pool_executor(export_video, workers, sink.root, frames,
                                                                        flows, quality),
-                        rank=rank, progress=progress, log=log)
+                        rank=rank, world_size=world_size, progress=progress, log=log)
     if rows is not None:
         write_annotations(Path(out), rows, frames, flows)
     return summary
@@ -263,7 +263,7 @@ def import_rawframes(src: str | Path, frames_out: str | Path, flow_out: str | Pa
     layout = init_store(frames_out, FRAMES_KIND, params, num_shards)
     items = plan_shards(entries, layout.num_shards, rank, world_size)
     summaries = [run_stage("import-frames", layout, items, pool_executor(import_frames_video, workers, layout, naming),
-                           rank=rank, progress=progress, log=log)]
+                           rank=rank, world_size=world_size, progress=progress, log=log)]
     if flow_out is not None:
         if not naming.flow_x_prefix:
             raise InputError(f"{folders[0]}: no flow files (x_/y_ or flow_x_/flow_y_) to import")
@@ -273,5 +273,5 @@ def import_rawframes(src: str | Path, frames_out: str | Path, flow_out: str | Pa
         items = plan_shards(entries, flow_layout.num_shards, rank, world_size)
         summaries.append(run_stage("import-flow", flow_layout, items,
                                    pool_executor(import_flow_video, workers, flow_layout, naming, options),
-                                   rank=rank, unit="flows", progress=progress, log=log))
+                                   rank=rank, world_size=world_size, unit="flows", progress=progress, log=log))
     return summaries

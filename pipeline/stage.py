@@ -8,7 +8,6 @@ all its videos were attempted. One video's failure is recorded and never stops t
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 import zlib
@@ -17,11 +16,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, Sequence, Union
 
-from joblib import Parallel, delayed
 from tqdm import tqdm
 
 from actrec.errors import InputError, StoreError
 from actrec.pipeline.diskspace import is_disk_full
+from actrec.pipeline.launcher import launcher_rank
 from actrec.pipeline.store import Dataset, StoreLayout, write_part
 from actrec.wording import counted
 
@@ -90,12 +89,15 @@ class StageSummary:
     interrupted: bool = False
     failures: list[Outcome] = field(default_factory=list)
     report: Path | None = None
+    rank: int = 0
+    world_size: int = 1
 
     def line(self) -> str:
         rate = self.processed / self.elapsed if self.elapsed > 0 else 0.0
-        text = (f"{self.name}: {self.done} done, {self.skipped} skipped (already finished), {self.failed} failed, "
-                f"{self.warned} with warnings; {counted(self.frames, self.unit.removesuffix('s'), self.unit)} "
-                f"({format_rate(rate)} {self.unit}/s), "
+        where = f" (rank {self.rank} of {self.world_size})" if self.world_size > 1 else ""
+        text = (f"{self.name}{where}: {self.done} done, {self.skipped} skipped (already finished), "
+                f"{self.failed} failed, {self.warned} with warnings; "
+                f"{counted(self.frames, self.unit.removesuffix('s'), self.unit)} ({format_rate(rate)} {self.unit}/s), "
                 f"{self.nbytes / 1e6:.1f} MB written, {self.elapsed:.1f} s")
         if self.interrupted:
             text += "; interrupted: rerun the same command to resume"
@@ -110,9 +112,11 @@ def format_rate(rate: float) -> str:
 
 
 def resolve_rank(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
-    """This process's rank and the world size: explicit values, else RANK/WORLD_SIZE (torchrun), else 0 of 1."""
-    rank = int(os.environ.get("RANK", 0)) if rank is None else rank
-    world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+    """This process's rank and the world size: explicit values, else RANK/WORLD_SIZE (torchrun), else
+    SLURM_PROCID/SLURM_NTASKS (a task of srun), else 0 of 1 (see :mod:`.launcher`)."""
+    launched_rank, launched_world = launcher_rank()
+    rank = launched_rank if rank is None else rank
+    world_size = launched_world if world_size is None else world_size
     if world_size < 1 or not 0 <= rank < world_size:
         raise InputError(f"rank {rank} is not within world size {world_size}")
     return rank, world_size
@@ -142,6 +146,8 @@ def pool_executor(work: Callable[..., Outcome], workers: int, *args: Any) -> Exe
     def execute(items: list[WorkItem]) -> Iterator[Outcome]:
         if workers == 1:
             return (work(item, *args) for item in items)
+        from joblib import Parallel, delayed  # only a pool needs it (and it costs a fifth of a second to import)
+
         return Parallel(n_jobs=workers, return_as="generator_unordered")(delayed(work)(item, *args) for item in items)
 
     return execute
@@ -160,8 +166,8 @@ class Sink(Protocol):
 
 
 def run_stage(name: str, sink: Sink, items: list[WorkItem], execute: Executor, *, rank: int = 0,
-              unit: str = "frames", work: Callable[[WorkItem], int] | None = None, progress: bool = True,
-              log: Callable[[str], None] = print) -> StageSummary:
+              world_size: int = 1, unit: str = "frames", work: Callable[[WorkItem], int] | None = None,
+              progress: bool = True, log: Callable[[str], None] = print) -> StageSummary:
     """Run ``execute`` on the unfinished items, sealing shards as they complete; return the summary.
 
     The bar counts videos, or, with ``work`` (the units a video will produce, e.g. its flows), those units: its
@@ -171,7 +177,7 @@ def run_stage(name: str, sink: Sink, items: list[WorkItem], execute: Executor, *
     resumes. A full disk stops the stage with a StoreError, the store intact.
     """
     start = time.perf_counter()
-    summary = StageSummary(name=name, unit=unit, planned=len(items))
+    summary = StageSummary(name=name, unit=unit, planned=len(items), rank=rank, world_size=world_size)
     shards = sorted({it.shard for it in items})
     done = sink.prepare(shards)
     todo = [it for it in items if it.video_id not in done[it.shard]]

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import h5py
-import hdf5plugin  # noqa: F401  (registers the Zstd, Blosc and Blosc2 filters that flow stores use)
 import numpy as np
 
+from actrec.deps import require
 from actrec.errors import StoreError
 from actrec.pipeline.diskspace import check_free_space, store_io_error
 
@@ -174,6 +174,8 @@ def write_part(layout: StoreLayout, shard: int, video_id: str, datasets: Mapping
 
 
 def _create_dataset(group: h5py.Group, name: str, ds: Dataset) -> None:
+    if isinstance(ds.compression, int):  # an HDF5 filter plugin's id (Zstd, Blosc): hdf5plugin registers it
+        require("hdf5plugin", f"writing {name} with HDF5 filter {ds.compression}")
     options = dict(chunks=ds.chunks, compression=ds.compression, compression_opts=ds.compression_opts,
                    shuffle=ds.shuffle or None)
     if isinstance(ds.data, np.ndarray):
@@ -215,12 +217,21 @@ def _shard_video_ids(path: Path) -> list[str]:
 def _open_read(path: Path) -> h5py.File:
     """Open a shard or part for reading. HDF5's default file locking is kept (best effort: ignored where the file
     system has none), so that a plain ``h5py.File(path, "r")`` of the same file in the same process is compatible."""
+    _register_filter_plugins()
     try:
         f = h5py.File(path, "r", **CHUNK_CACHE)
     except OSError as exc:
         raise StoreError(f"{path}: unreadable HDF5 file ({exc})") from None
     _check_version(path, f.attrs.get("format_version"))
     return f
+
+
+def _register_filter_plugins() -> None:
+    """Register hdf5plugin's filters (Zstd, Blosc: the flow stores' default codecs) with HDF5 when the package is
+    installed. Without it, stores written with HDF5's own codecs (gzip, none) read as usual; ``FlowStore`` says
+    which package a store of plugin codecs needs."""
+    with contextlib.suppress(ImportError):
+        import hdf5plugin  # noqa: F401
 
 
 def seal_shard(layout: StoreLayout, shard: int) -> int:

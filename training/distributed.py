@@ -1,7 +1,10 @@
 """Processes, devices and the data order of a training run, single-process or under torchrun (DDP).
 
 Launch with ``torchrun --nproc-per-node G [--nnodes N ...] -m actrec.cli train ...``: every process reads RANK,
-WORLD_SIZE and LOCAL_RANK, uses ``cuda:LOCAL_RANK`` with --gpu (NCCL) or the CPU (gloo).
+WORLD_SIZE and LOCAL_RANK, uses ``cuda:LOCAL_RANK`` with --gpu (NCCL) or the CPU (gloo). Or with Slurm's
+``srun --ntasks-per-node G actrec train ...``: SLURM_PROCID, SLURM_NTASKS and SLURM_LOCALID stand for them, and
+MASTER_ADDR/MASTER_PORT are derived from the step's node list and the job id unless set
+(:mod:`actrec.pipeline.launcher`).
 
 Data order: one endless stream of epochs, epoch e being a permutation of the videos seeded by (seed, e). Iteration k
 consumes stream positions k*B .. (k+1)*B - 1 (B = the global batch), dealt out interleaved over W processes x A
@@ -12,6 +15,7 @@ micro-batches as one process with A = W.
 
 from __future__ import annotations
 
+import os
 import signal
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -22,6 +26,7 @@ import torch.distributed as dist
 from torch.utils.data import Sampler
 
 from actrec.pipeline.flow import resolve_device
+from actrec.pipeline.launcher import rendezvous
 from actrec.pipeline.stage import resolve_rank
 
 
@@ -43,12 +48,14 @@ class DistContext:
 
 
 def init_distributed(gpu: bool) -> DistContext:
-    """Join the torchrun job (if WORLD_SIZE > 1) with NCCL on GPUs or gloo on CPUs; pick this process's device."""
+    """Join the torchrun or srun job (if its world size is above 1) with NCCL on GPUs or gloo on CPUs; pick this
+    process's device."""
     rank, world_size = resolve_rank()
     device = torch.device(resolve_device(gpu))
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
+        os.environ.update(rendezvous())  # srun sets no MASTER_ADDR/MASTER_PORT: task 0's host, a port per job
         if device.type == "cuda":  # NCCL bound to this process's GPU (barrier() then knows the device)
             dist.init_process_group("nccl", rank=rank, world_size=world_size, device_id=device)
         else:

@@ -87,7 +87,8 @@ class _TritonKernels:
     The illumination variant (``block3``, gamma != 0, not OpenCV's default) has no Triton kernel and runs the
     eager PyTorch functions. On CUDA, small batches of ``block2`` replay as CUDA graphs (:mod:`.graphs`; env
     ACTREC_TVL1_GRAPHS=0 turns that off). Under ``TRITON_INTERPRET=1`` the kernels run on the CPU through numpy
-    (tests); ``graphs`` replaces the CUDA-only graph runner there.
+    (tests); ``graphs`` replaces the CUDA-only graph runner there. The first call on a device runs the self-check
+    (:mod:`.selfcheck`), which may hand that device to direct launches or to the plain-PyTorch kernels.
     """
 
     name = "triton"
@@ -103,15 +104,30 @@ class _TritonKernels:
                      "remap": triton_warp.remap_cubic_triton}
         self._graphs = graphs
         self._cuda_graphs = GraphedBlocks(triton_step.block2, cuda_capture)
+        self._runners: dict[torch.device, Callable] = {}  # per device: what the self-check chose
 
     def __call__(self, name: str, *args):
+        return self.runner(args[0].device)(name, *args)
+
+    def runner(self, device: torch.device) -> Callable:
+        """What runs this kernel set's calls on ``device``, chosen by the self-check on the first call there."""
+        run = self._runners.get(device)
+        if run is None:
+            from actrec.pipeline.tvl1 import selfcheck
+
+            run = self._runners[device] = selfcheck.verify(self, device)
+        return run
+
+    def uses_graphs(self, device: torch.device) -> bool:
+        """Whether small batches of ``block2`` replay as graphs on ``device``."""
+        return self._graphs is not None or graphs_enabled(device)
+
+    def launch(self, name: str, *args, graphs: bool = True):
+        """Run a kernel, without the self-check; ``graphs=False``: direct launches only."""
         if os.environ.get("TRITON_INTERPRET", "0") != "1":
             _Announcer.once(self.log)
-        if name == "block2":
-            if self._graphs is not None:
-                return self._graphs(*args)
-            if graphs_enabled(args[0].device):
-                return self._cuda_graphs(*args)
+        if name == "block2" and graphs and self.uses_graphs(args[0].device):
+            return (self._graphs if self._graphs is not None else self._cuda_graphs)(*args)
         return self._fns[name](*args)
 
 
