@@ -70,9 +70,13 @@ def test_a_resumed_run_replaces_the_events_after_its_checkpoint(data, tmp_path):
     overrides = fx.tiny_overrides(data, iterations=2)
     run = tmp_path / "run"
     train(resolve_config("stilt", overrides=overrides), run, progress=False)
-    shutil.copy(run / "checkpoint.pt", tmp_path / "at_2.pt")
+    at_2 = tmp_path / "at_2"
+    at_2.mkdir()
+    for name in ("checkpoint.pt", "checkpoint.pt.sha256"):
+        shutil.copy(run / name, at_2 / name)
     train(resume_config(run, {"iterations": 4}), run, resume=True, progress=False)
-    shutil.copy(tmp_path / "at_2.pt", run / "checkpoint.pt")  # a crash after iteration 4, before its checkpoint
+    for name in ("checkpoint.pt", "checkpoint.pt.sha256"):  # a crash after iteration 4, before its checkpoint
+        shutil.copy(at_2 / name, run / name)
     train(resume_config(run, {"iterations": 3}), run, resume=True, progress=False)
     assert [int(r["iteration"]) for r in _metrics(run)] == [1, 2, 3]
     loss = _scalars(run)["train/loss"]
