@@ -165,8 +165,9 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     path = Path(path)
     tmp, sums = _tmp(path), checksum_path(path)
     checkpoint = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
+    needed = checkpoint_bytes(checkpoint)
     try:
-        check_free_space(path.parent, checkpoint_bytes(checkpoint), "a checkpoint")
+        check_free_space(path.parent, needed, "a checkpoint")
         digest = _write_torch(checkpoint, tmp)
         _write_synced(_tmp(sums), lambda f: f.write(f"{digest}  {path.name}\n".encode()))
         tmp.replace(path)
@@ -175,16 +176,11 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     except BaseException as exc:  # a failed write, or an interrupt: no partial file stays to fill the disk
         for leftover in (tmp, _tmp(sums)):
             leftover.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise OutputError(f"{path}: {_write_failure(exc, path.parent)}") from None
-        raise
-
-
-def _write_failure(exc: OSError, folder: Path) -> str:
-    """Why a write into ``folder`` failed, in a few words; a full disk says how much space is left."""
-    if isinstance(exc, NotEnoughSpace) or not is_disk_full(exc):  # NotEnoughSpace names folder, needed and left
-        return exc.strerror or str(exc)
-    return f"disk full while writing ({shutil.disk_usage(folder).free / 1e6:.1f} MB left in {folder})"
+        if not isinstance(exc, OSError):
+            raise
+        if is_disk_full(exc) and not isinstance(exc, NotEnoughSpace):  # the disk filled up while writing
+            exc = NotEnoughSpace(path.parent, needed, shutil.disk_usage(path.parent).free, "a checkpoint")
+        raise OutputError(f"{path}: {exc.strerror or exc}") from None
 
 
 def _sync_folder(folder: Path) -> None:
@@ -194,6 +190,16 @@ def _sync_folder(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def check_room(path: str | Path, weights: dict[str, torch.Tensor], optimizer_slots: int, retry: str) -> None:
+    """Before any training: OutputError (one line; ``retry`` says how to go on) unless the folder of checkpoint
+    ``path`` can take one, estimated from the model's ``weights`` and ``optimizer_slots`` state tensors per weight."""
+    path = Path(path)
+    try:
+        check_free_space(path.parent, checkpoint_bytes(weights) * (1 + optimizer_slots), "a checkpoint")
+    except NotEnoughSpace as exc:
+        raise OutputError(f"{path}: {exc.strerror}; nothing was trained: free some space and {retry}") from None
 
 
 def recover_partial_writes(path: str | Path) -> list[str]:

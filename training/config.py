@@ -224,6 +224,17 @@ def validate_config(config: TrainConfig, world_size: int = 1) -> None:
             raise InputError(f"training config: {message}")
 
 
+def config_warnings(config: TrainConfig) -> list[str]:
+    """One line for each legal but probably unintended setting."""
+    warnings = []
+    if config.iterations <= config.warmup_iters:
+        warnings.append(f"warning: --iterations {config.iterations} is not more than the {config.warmup_iters} warmup "
+                        f"iterations: the whole run warms up (lr {config.lr * config.iterations / config.warmup_iters:.2g}"
+                        f" of {config.lr:.2g} at the end) and the {config.schedule} schedule never starts; lower "
+                        "--warmup-iters or raise --iterations")
+    return warnings
+
+
 def check_resume(saved: TrainConfig, wanted: TrainConfig, source: str) -> TrainConfig:
     """The saved config with the resumable fields of ``wanted``; any other difference raises InputError."""
     changed = [f.name for f in fields(TrainConfig)

@@ -138,10 +138,13 @@ def quiet_worker(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+_WORKER_DIED = "DataLoader worker (pid"  # how torch's errors for a worker that died (killed, crashed) begin
+
+
 @contextlib.contextmanager
 def worker_batches(loader: DataLoader) -> Iterator[Iterator]:
     """The iterator of ``loader``, whose worker processes are stopped when the block ends, by an error too; an
-    ActrecError raised in a worker comes out with its own one-line message.
+    ActrecError raised in a worker comes out with its own one-line message, and a worker's death as one line.
 
     Why explicitly: the traceback of an error raised in the block holds the iterator, so its own cleanup (when
     garbage-collected) would come only after Python's exit handlers; multiprocessing's handler ends daemonic workers
@@ -152,6 +155,11 @@ def worker_batches(loader: DataLoader) -> Iterator[Iterator]:
         yield batches
     except ActrecError as exc:
         raise worker_error(exc) from None
+    except RuntimeError as exc:
+        if not str(exc).startswith(_WORKER_DIED):
+            raise
+        raise ActrecError(f"{str(exc).rstrip('.')}: a data loader process died (killed for memory? lower --workers "
+                          "or --cache-mb)") from None
     finally:
         stop = getattr(batches, "_shutdown_workers", None)  # what the iterator's __del__ calls; absent without workers
         if stop is not None:

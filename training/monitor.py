@@ -19,7 +19,7 @@ import re
 import time
 from dataclasses import astuple, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -123,6 +123,18 @@ class RunMonitor:
         if self.writer is not None:
             with contextlib.suppress(Exception):
                 self.writer.close()
+
+
+@contextlib.contextmanager
+def closed_on_error(bar: Any, monitor: RunMonitor | None) -> Iterator[None]:
+    """Close the progress bar and abandon ``monitor`` when the block raises, then let the error go on."""
+    try:
+        yield
+    except BaseException:
+        bar.close()
+        if monitor is not None:
+            monitor.abandon()
+        raise
 
 
 def read_metrics(path: Path) -> list[MetricsRow]:

@@ -35,16 +35,15 @@ from actrec.data_manifests.manifest import class_names, read_manifest
 from actrec.errors import DeviceError, InputError, OutputError
 from actrec.models.pretrained import resolve_weights
 from actrec.training.augment import AugmentParams
-from actrec.pipeline.diskspace import NotEnoughSpace, check_free_space
-from actrec.training.checkpoint import (capture_rng, checkpoint_bytes, load_checkpoint, recover_partial_writes,
-                                        restore_rng, save_checkpoint)
+from actrec.training.checkpoint import (capture_rng, check_room, load_checkpoint, recover_partial_writes, restore_rng,
+                                        save_checkpoint)
 from actrec.training.config import (CONFIG_FILE, TrainConfig, absolute_paths, apply_overrides, check_resume,
-                                    config_to_dict, run_config, save_config, validate_config)
+                                    config_to_dict, config_warnings, run_config, save_config, validate_config)
 from actrec.training.datasets import ClipSource, TrainClips
 from actrec.training.distributed import (DistContext, StreamBatchSampler, close_distributed, gather_objects,
                                          init_distributed, log_across, quiet_worker, worker_batches)
 from actrec.training.models import MODEL_SPECS, build_model, load_backbones, to_channels_last
-from actrec.training.monitor import MetricsRow, RunMonitor
+from actrec.training.monitor import MetricsRow, RunMonitor, closed_on_error
 from actrec.training.optim import build_optimizer, build_scheduler
 
 CHECKPOINT = "checkpoint.pt"
@@ -135,8 +134,9 @@ class _Run:
         validate_config(config, ctx.world_size)
         self.config, self.run_dir, self.ctx, self.log = config, run_dir, ctx, log
         self.spec = MODEL_SPECS[config.model]
-        if ctx.is_main:
-            self._settle_partial_writes()
+        if ctx.is_main:  # settle what an interrupted checkpoint write left
+            for note in recover_partial_writes(run_dir / CHECKPOINT):
+                log(f"note: {note}")
         checkpoint = self._checkpoint_to_resume(resume)
         rows = read_manifest(config.manifest)
         self.class_names = class_names(rows)
@@ -164,33 +164,14 @@ class _Run:
         self.monitor: RunMonitor | None = None
         if ctx.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            self._check_space(resume)
+            check_room(run_dir / CHECKPOINT, self.model.state_dict(), 2 if config.optimizer == "adamw" else 1,
+                       "continue with --resume" if resume else "start again")
             save_config(run_dir / CONFIG_FILE, config)
             self.monitor = RunMonitor(run_dir, self.iteration)
             if checkpoint is not None and "elapsed" not in checkpoint and self.monitor.last_row is not None:
                 self.elapsed_before = self.monitor.last_row.elapsed_s  # checkpoints from before "elapsed" was saved
-            if config.iterations <= config.warmup_iters:
-                log(f"warning: --iterations {config.iterations} is not more than the {config.warmup_iters} warmup "
-                    f"iterations: the whole run warms up (lr {config.lr * config.iterations / config.warmup_iters:.2g} "
-                    f"of {config.lr:.2g} at the end) and the {config.schedule} schedule never starts; lower "
-                    "--warmup-iters or raise --iterations")
-
-    def _settle_partial_writes(self) -> None:
-        """Remove the temporary files an interrupted checkpoint or config write left (a full disk, a kill)."""
-        for note in recover_partial_writes(self.run_dir / CHECKPOINT):
-            self.log(f"note: {note}")
-        (self.run_dir / (CONFIG_FILE + ".tmp")).unlink(missing_ok=True)
-
-    def _check_space(self, resume: bool) -> None:
-        """Stop before any training when the run folder cannot take a checkpoint (estimated from the model's
-        weights and the optimizer's one or two state tensors per weight)."""
-        slots = 2 if self.config.optimizer == "adamw" else 1
-        try:
-            check_free_space(self.run_dir, checkpoint_bytes(self.model.state_dict()) * (1 + slots), "a checkpoint")
-        except NotEnoughSpace as exc:
-            again = "continue with --resume" if resume else "start again"
-            raise OutputError(f"{self.run_dir / CHECKPOINT}: {exc.strerror}; nothing was trained: free some space "
-                              f"and {again}") from None
+            for line in config_warnings(config):
+                log(line)
 
     def _checkpoint_to_resume(self, resume: bool) -> dict[str, Any] | None:
         path = self.run_dir / CHECKPOINT
@@ -247,7 +228,7 @@ class _Run:
         loader = train_loader(config, self.source, rank=ctx.rank, world_size=ctx.world_size, start=self.iteration,
                               pin_memory=ctx.device.type == "cuda")
         # on an error: the workers are stopped, the bar closed and the events flushed, and the error propagates
-        with self._closed_on_error(bar), _StopSignals() as stop, worker_batches(loader) as batches:
+        with closed_on_error(bar, self.monitor), _StopSignals() as stop, worker_batches(loader) as batches:
             while self.iteration < config.iterations:
                 loss, lr = self._step(batches, window)
                 self.iteration += 1
@@ -274,17 +255,6 @@ class _Run:
         summary.elapsed = time.perf_counter() - start
         summary.data_wait = window.total_wait / max(summary.elapsed, 1e-9)
         return summary
-
-    @contextlib.contextmanager
-    def _closed_on_error(self, bar: tqdm) -> Iterator[None]:
-        """Close the bar and the monitor's event file when the block raises; nothing there hides the error."""
-        try:
-            yield
-        except BaseException:
-            bar.close()
-            if self.monitor is not None:
-                self.monitor.abandon()
-            raise
 
     def _step(self, batches: Iterator, window: "_Window") -> tuple[torch.Tensor, float]:
         """One iteration: ``accumulate`` micro-batches forward and backward, then one optimiser step."""
@@ -327,27 +297,23 @@ class _Run:
         if not self.ctx.is_main:
             return
         try:
-            save_checkpoint(self.run_dir / CHECKPOINT, self._payload(rng))
+            save_checkpoint(self.run_dir / CHECKPOINT, {
+                "iteration": self.iteration,
+                "elapsed": self._elapsed(),
+                "config": config_to_dict(self.config),
+                "class_names": self.class_names,
+                "world_size": self.ctx.world_size,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": rng,
+            })
         except OutputError as exc:
             kept = ("no checkpoint was written yet" if self.saved_iteration is None
                     else f"the checkpoint of iteration {self.saved_iteration} is kept: continue from it with --resume")
             raise OutputError(f"{exc}; {kept}") from None
         self.saved_iteration = self.iteration
-
-    def _payload(self, rng: list[Any]) -> dict[str, Any]:
-        """What a checkpoint holds (``actrec.training.checkpoint``)."""
-        return {
-            "iteration": self.iteration,
-            "elapsed": self._elapsed(),
-            "config": config_to_dict(self.config),
-            "class_names": self.class_names,
-            "world_size": self.ctx.world_size,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": rng,
-        }
 
 
 def train_loader(config: TrainConfig, source: ClipSource, *, rank: int = 0, world_size: int = 1, start: int = 0,
