@@ -11,7 +11,9 @@ which the workers ignore (quiet_worker), and then joins them.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -24,13 +26,19 @@ import cv2
 import h5py
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from actrec.cli import cli
+from actrec.errors import OutputError
 from actrec.pipeline.frames import FrameStore
 from actrec.pipeline.store import Dataset, init_store, seal_shard, write_part
-from actrec.training.checkpoint import load_checkpoint
+from actrec.training.checkpoint import checkpoint_bytes, load_checkpoint, save_checkpoint
+from actrec.training.config import TrainConfig, resolve_config, save_config
+from actrec.training.trainer import train
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/ is not a package: reach the shared helper module
 import train_fixtures as fx  # noqa: E402
+from train_fixtures import one_torch_thread  # noqa: E402,F401  (autouse fixture)
 
 START_TIMEOUT = 300  # s: start-up on a shared, loaded machine; a hang is forever
 EXIT_TIMEOUT = 60  # s from the fault to the exit (it takes 1-3 s); a hang is forever
@@ -176,6 +184,22 @@ def test_a_disk_filling_up_at_a_checkpoint_ends_training_with_one_line(tmp_path,
     assert load_checkpoint(run / "checkpoint.pt")["iteration"] == kept  # intact, its SHA-256 checked
 
 
+def test_an_error_in_one_process_of_a_torchrun_job_ends_the_job(tmp_path):
+    """The failing process leaves the process group without the closing barrier (the others may be anywhere in
+    the loop); the others fail in their next collective and torchrun ends the job."""
+    data = jpeg_dataset(tmp_path / "data", corrupt=True)
+    command = train_command(data, tmp_path / "run", 1)
+    command[1:3] = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "actrec.cli"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        _, stderr = process.communicate(timeout=START_TIMEOUT + EXIT_TIMEOUT)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 1 and re.search(r"^error: .*(JPEG|frame)", stderr, re.MULTILINE), stderr[-3000:]
+
+
 def test_a_killed_worker_ends_training_with_one_line(tmp_path):
     data = jpeg_dataset(tmp_path / "data", corrupt=False)
     run = tmp_path / "run"
@@ -187,3 +211,56 @@ def test_a_killed_worker_ends_training_with_one_line(tmp_path):
 
     line = run_until_fault(train_command(data, run, 4, log_every=1), kill_a_worker)
     assert line.startswith("error: DataLoader worker (pid") and "a data loader process died" in line, line
+
+
+def test_a_resume_on_a_still_full_disk_stops_in_one_line_and_leaves_no_partial_file(tmp_path, small_disk):
+    data = fx.learnable_dataset(tmp_path / "data", train_per_class=2, test_per_class=0)
+    run = small_disk / "run"
+    options = [f"--{key.replace('_', '-')}={value}" for key, value in
+               fx.tiny_overrides(data, iterations=1, warmup_iters=0).items() if key != "reduced"]
+    assert CliRunner().invoke(cli, ["train", "stilt", "--out", str(run), "--reduced", "--quiet", *options]).exit_code == 0
+    config = (run / "config.json").read_text()
+    partial = run / "checkpoint.pt.tmp"  # what a write stopped by a kill leaves
+    partial.write_bytes((run / "checkpoint.pt").read_bytes()[:2_000_000])
+    filler = fill_disk(small_disk, leave=64 << 10)
+    resume = ["train", "stilt", "--out", str(run), "--resume", "--iterations", "3", "--quiet"]
+
+    result = CliRunner().invoke(cli, resume)
+    assert result.exit_code == 1
+    assert f"note: removed {partial} (2.0 MB), left by an interrupted checkpoint write" in result.output
+    line = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(line) == 1 and re.fullmatch(
+        rf"error: {re.escape(str(run / 'checkpoint.pt'))}: disk full: a checkpoint needs \d+\.\d MB, \d+\.\d MB left "
+        rf"in {re.escape(str(run))}; nothing was trained: free some space and continue with --resume", line[0]), line
+    assert not list(run.glob("*.tmp")) and (run / "config.json").read_text() == config
+    assert load_checkpoint(run / "checkpoint.pt")["iteration"] == 1
+
+    fill_disk(small_disk, leave=0)  # not even config.json fits: its write fails and leaves no .tmp
+    with pytest.raises(OutputError, match=rf"^{re.escape(str(run / 'config.json'))}: cannot be written \(disk full; "):
+        save_config(run / "config.json", TrainConfig())
+    assert not list(run.glob("*.tmp")) and (run / "config.json").read_text() == config
+
+    filler.unlink()
+    result = CliRunner().invoke(cli, resume)
+    assert result.exit_code == 0 and "iterations 1 -> 3" in result.output, result.output
+    assert load_checkpoint(run / "checkpoint.pt")["iteration"] == 3
+
+
+def test_a_checkpoint_write_that_fills_the_disk_removes_its_partial_file_and_keeps_the_previous_one(tmp_path,
+                                                                                                  small_disk):
+    """The space check passes (names are not counted in its estimate: they are small, except here) and the write
+    itself hits the full disk."""
+    data = fx.learnable_dataset(tmp_path / "data", train_per_class=2, test_per_class=0)
+    config = resolve_config("stilt", overrides=fx.tiny_overrides(data, iterations=1, warmup_iters=0))
+    train(config, tmp_path / "run", progress=False)
+    payload = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    path = small_disk / "checkpoint.pt"
+    save_checkpoint(path, payload)
+    fill_disk(small_disk, leave=checkpoint_bytes(payload) + (1 << 20))
+    too_big = {**payload, "class_names": [f"{i:04d}" + "x" * 1000 for i in range(3000)]}  # 3 MB not estimated
+    with pytest.raises(OutputError) as error:
+        save_checkpoint(path, too_big)
+    assert re.fullmatch(rf"{re.escape(str(path))}: disk full: a checkpoint needs \d+\.\d MB, \d+\.\d MB left in "
+                        rf"{re.escape(str(small_disk))}", str(error.value))
+    assert sorted(p.name for p in small_disk.iterdir()) == ["checkpoint.pt", "checkpoint.pt.sha256", "filler"]
+    assert load_checkpoint(path)["class_names"] == payload["class_names"]  # the previous one, its SHA-256 checked

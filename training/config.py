@@ -29,7 +29,7 @@ FROM_SCRATCH = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "schedul
 RESUMABLE_FIELDS = ("iterations", "workers", "cache_mb", "checkpoint_every", "log_every")
 # The data paths of a run, with what each names; saved absolute and resolved, so a run folder works from anywhere.
 CONFIG_FILE = "config.json"  # in the run folder, beside the checkpoints
-PATH_FIELDS = {"frames": "frame store", "flow": "flow store", "manifest": "manifest"}
+PATH_FIELDS = {"manifest": "manifest", "frames": "frame store", "flow": "flow store"}
 
 
 @dataclass(frozen=True)
