@@ -29,7 +29,7 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 import torch
@@ -132,30 +132,25 @@ class _HashingWriter:
         self.file.flush()
 
 
-def _write_synced(path: Path, write: Any) -> None:
-    """Create ``path``, let ``write(file)`` fill it, and sync it to disk."""
+@contextlib.contextmanager
+def _synced(path: Path) -> Iterator[BinaryIO]:
+    """``path`` created for writing, and synced to disk when the block ends."""
     with path.open("wb") as f:
-        write(f)
+        yield f
         f.flush()
         os.fsync(f.fileno())
 
 
-def _write_torch(obj: Any, path: Path) -> str:
-    """``torch.save(obj)`` into ``path``, synced; returns the file's SHA-256 (hex)."""
-    holder: list[_HashingWriter] = []
-
-    def write(f: BinaryIO) -> None:
-        writer = _HashingWriter(f)
-        holder.append(writer)
-        try:
-            torch.save(obj, writer)
-        except RuntimeError:
-            if writer.error is not None:
-                raise writer.error from None
-            raise
-
-    _write_synced(path, write)
-    return holder[0].sha256.hexdigest()
+def _save_hashed(obj: Any, file: BinaryIO) -> str:
+    """``torch.save(obj)`` into ``file``; returns the SHA-256 (hex) of what was written."""
+    writer = _HashingWriter(file)
+    try:
+        torch.save(obj, writer)
+    except RuntimeError:
+        if writer.error is not None:
+            raise writer.error from None
+        raise
+    return writer.sha256.hexdigest()
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
@@ -168,8 +163,10 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     needed = checkpoint_bytes(checkpoint)
     try:
         check_free_space(path.parent, needed, "a checkpoint")
-        digest = _write_torch(checkpoint, tmp)
-        _write_synced(_tmp(sums), lambda f: f.write(f"{digest}  {path.name}\n".encode()))
+        with _synced(tmp) as f:
+            digest = _save_hashed(checkpoint, f)
+        with _synced(_tmp(sums)) as f:
+            f.write(f"{digest}  {path.name}\n".encode())
         tmp.replace(path)
         _tmp(sums).replace(sums)
         _sync_folder(path.parent)
@@ -197,7 +194,8 @@ def check_room(path: str | Path, weights: dict[str, torch.Tensor], optimizer_slo
     ``path`` can take one, estimated from the model's ``weights`` and ``optimizer_slots`` state tensors per weight."""
     path = Path(path)
     try:
-        check_free_space(path.parent, checkpoint_bytes(weights) * (1 + optimizer_slots), "a checkpoint")
+        needed = (checkpoint_bytes(weights) - _BYTES_PLAIN) * (1 + optimizer_slots) + _BYTES_PLAIN
+        check_free_space(path.parent, needed, "a checkpoint")
     except NotEnoughSpace as exc:
         raise OutputError(f"{path}: {exc.strerror}; nothing was trained: free some space and {retry}") from None
 

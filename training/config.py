@@ -4,7 +4,9 @@ A run's configuration is built in three layers, each overriding the one before: 
 for the model, or the from-scratch recipe for reduced models), an optional JSON file (``--config``; any subset of the
 fields), and command-line options. The
 result is validated and saved as ``config.json`` in the run folder and inside every checkpoint, so ``--resume`` and
-``evaluate`` rebuild exactly the same model and data pipeline.
+``evaluate`` rebuild exactly the same model and data pipeline. Data paths are saved absolute and resolved
+(``absolute_paths``), so a run folder works from any directory; runs saved before hold them as typed, and
+``run_config`` looks those up from the current directory, as they always were.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ SCHEDULES = ("step", "cosine")
 FROM_SCRATCH = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "schedule": "cosine", "warmup_iters": 20}
 # Fields that may change when a run is resumed: they do not change what is computed, only how or how long.
 RESUMABLE_FIELDS = ("iterations", "workers", "cache_mb", "checkpoint_every", "log_every")
-# The data paths of a run, with what each names; saved absolute and resolved, so a run folder works from anywhere.
 CONFIG_FILE = "config.json"  # in the run folder, beside the checkpoints
+# The data paths of a run, with what each names; saved absolute and resolved, so a run folder works from anywhere.
 PATH_FIELDS = {"manifest": "manifest", "frames": "frame store", "flow": "flow store"}
 
 
