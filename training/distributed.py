@@ -161,9 +161,15 @@ def worker_batches(loader: DataLoader) -> Iterator[Iterator]:
         raise ActrecError(f"{str(exc).rstrip('.')}: a data loader process died (killed for memory? lower --workers "
                           "or --cache-mb)") from None
     finally:
-        stop = getattr(batches, "_shutdown_workers", None)  # what the iterator's __del__ calls; absent without workers
-        if stop is not None:
-            stop()
+        stop_workers(batches)
+
+
+def stop_workers(batches: Iterator) -> None:
+    """Stop the worker processes of a DataLoader iterator now (dropping the reference is not enough after an error
+    raised by the iterator: the traceback's frames still hold it)."""
+    shutdown = getattr(batches, "_shutdown_workers", None)  # what the iterator's __del__ calls; none without workers
+    if shutdown is not None:
+        shutdown()
 
 
 def worker_error(exc: ActrecError) -> ActrecError:
