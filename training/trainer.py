@@ -132,6 +132,7 @@ class _Run:
     def __init__(self, config: TrainConfig, run_dir: Path, ctx: DistContext, resume: bool,
                  log: Callable[[str], None]) -> None:
         validate_config(config, ctx.world_size)
+        config = absolute_paths(config)  # as saved: a run folder works from any directory
         self.config, self.run_dir, self.ctx, self.log = config, run_dir, ctx, log
         self.spec = MODEL_SPECS[config.model]
         if ctx.is_main:  # settle what an interrupted checkpoint write left
@@ -181,7 +182,7 @@ class _Run:
                                  "or choose another --out")
             return None
         checkpoint = load_checkpoint(path)
-        check_resume(run_config(checkpoint["config"], path), absolute_paths(self.config), str(path))
+        check_resume(run_config(checkpoint["config"], path), self.config, str(path))
         return checkpoint
 
     def _build_model(self, pretrained: bool) -> nn.Module:
