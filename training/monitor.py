@@ -16,6 +16,7 @@ import contextlib
 import csv
 import os
 import re
+import threading
 import time
 from dataclasses import astuple, dataclass
 from pathlib import Path
@@ -93,6 +94,14 @@ class RunMonitor:
         self.last_row: MetricsRow | None = kept[-1] if kept else None  # where a resumed run's figures continue from
         self.writer = summary_writer(run_dir / TENSORBOARD, purge_step=start_iteration + 1 if start_iteration
                                      else None)
+        self._excepthook = threading.excepthook
+        threading.excepthook = self._events_error_later
+
+    def _events_error_later(self, args: Any) -> None:
+        """Leave out the traceback that Python prints when TensorBoard's writer thread fails (full disk, folder
+        gone): the thread keeps the error and the next ``log`` or ``close`` raises it, as one line."""
+        if type(args.thread).__name__ != "_AsyncWriterThread":
+            self._excepthook(args)
 
     def log(self, row: MetricsRow) -> None:
         """Append ``row`` to metrics.csv and the events; OutputError (one line) when the run folder cannot take it."""
@@ -113,13 +122,19 @@ class RunMonitor:
 
     def close(self) -> None:
         """Flush the events and draw ``loss.png`` from every row of metrics.csv."""
-        if self.writer is not None:
-            self.writer.close()
-        plot_loss(self.run_dir / METRICS, self.run_dir / LOSS_PLOT)
+        threading.excepthook = self._excepthook
+        try:
+            if self.writer is not None:
+                self.writer.close()
+            plot_loss(self.run_dir / METRICS, self.run_dir / LOSS_PLOT)
+        except OSError as exc:
+            raise OutputError(f"{exc.filename or self.run_dir}: cannot write the events or loss plot "
+                              f"({exc.strerror or exc}); the checkpoint is saved") from None
 
     def abandon(self) -> None:
         """Flush the events of a run that stops on an error, ignoring a failure to (the error already reported
         matters more; the run folder may be full or gone)."""
+        threading.excepthook = self._excepthook
         if self.writer is not None:
             with contextlib.suppress(Exception):
                 self.writer.close()
