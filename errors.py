@@ -19,3 +19,8 @@ class DeviceError(ActrecError):
     """A requested device is not available (e.g. --gpu without CUDA)."""
 
     exit_code = 2
+
+
+class OutputError(ActrecError):
+    """An output that cannot be written (a full disk, a folder gone or read-only); the message names the path,
+    says why, and what was kept."""

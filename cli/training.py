@@ -37,9 +37,10 @@ CPU demo with a reduced model and small crops (the from-scratch recipe: AdamW, w
 \b
 Defaults are the paper's recipe for MODEL (SGD, step decay: for ImageNet-initialised backbones), or with --reduced
 the from-scratch recipe (AdamW lr 0.001, weight decay 0.05, 20 warmup iterations, cosine decay); --config JSON and
-then the options override them. The run folder gets config.json, checkpoint.pt (every --checkpoint-every
-iterations, on SIGTERM/SIGINT, at the end), metrics.csv, loss.png and, with TensorBoard installed, tensorboard/.
-Exit code 130 after a stop by signal: rerun with --resume.""")
+then the options override them. The run folder gets config.json, checkpoint.pt and its checkpoint.pt.sha256 (every
+--checkpoint-every iterations, on SIGTERM/SIGINT, at the end), metrics.csv, loss.png and, with TensorBoard installed,
+tensorboard/. Exit code 130 after a stop by signal: rerun with --resume; 1 after an error (one line; a full disk
+keeps the last checkpoint).""")
 @click.argument("model", type=click.Choice(_MODELS))
 @click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False),
               help="Run folder (config.json, checkpoint.pt, metrics.csv, loss.png, tensorboard/).")

@@ -15,6 +15,7 @@ micro-batches as one process with A = W.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from dataclasses import dataclass
@@ -23,8 +24,9 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
+from actrec.errors import ActrecError
 from actrec.pipeline.flow import resolve_device
 from actrec.pipeline.launcher import rendezvous
 from actrec.pipeline.stage import resolve_rank
@@ -63,10 +65,13 @@ def init_distributed(gpu: bool) -> DistContext:
     return DistContext(rank, world_size, device)
 
 
-def close_distributed(ctx: DistContext) -> None:
-    """Leave the process group (after a last barrier so no rank exits while another still communicates)."""
+def close_distributed(ctx: DistContext, failed: bool = False) -> None:
+    """Leave the process group: after a last barrier, so that no rank exits while another still communicates, or at
+    once when this process ``failed`` (the others may be anywhere in the loop, and a barrier would wait for them
+    forever; they fail in their next collective when this process is gone, and torchrun ends the job)."""
     if ctx.distributed and dist.is_initialized():
-        dist.barrier()
+        if not failed:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -132,7 +137,53 @@ class StreamBatchSampler(Sampler[list[tuple[int, int]]]):
 
 
 def quiet_worker(worker_id: int) -> None:
-    """DataLoader worker init: leave SIGINT/SIGTERM to the main process, which checkpoints and stops the workers."""
+    """DataLoader worker init: leave SIGINT/SIGTERM to the main process, which finishes the iteration, checkpoints
+    and stops the workers (Ctrl-C and ``scancel`` signal every process of a job, and a worker killed mid-iteration
+    would cost the checkpoint). The main process must therefore stop its workers itself on every way out of the
+    loop: ``worker_batches``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
+
+_WORKER_DIED = "DataLoader worker (pid"  # how torch's errors for a worker that died (killed, crashed) begin
+
+
+@contextlib.contextmanager
+def worker_batches(loader: DataLoader) -> Iterator[Iterator]:
+    """The iterator of ``loader``, whose worker processes are stopped when the block ends, by an error too; an
+    ActrecError raised in a worker comes out with its own one-line message, and a worker's death as one line.
+
+    Why explicitly: the traceback of an error raised in the block holds the iterator, so its own cleanup (when
+    garbage-collected) would come only after Python's exit handlers; multiprocessing's handler ends daemonic workers
+    with SIGTERM, which ``quiet_worker`` ignores, and then joins them: the process would never exit.
+    """
+    batches = iter(loader)
+    try:
+        yield batches
+    except ActrecError as exc:
+        raise worker_error(exc) from None
+    except RuntimeError as exc:
+        if not str(exc).startswith(_WORKER_DIED):
+            raise
+        raise ActrecError(f"{str(exc).rstrip('.')}: a data loader process died (killed for memory? lower --workers "
+                          "or --cache-mb)") from None
+    finally:
+        stop_workers(batches)
+
+
+def stop_workers(batches: Iterator) -> None:
+    """Stop the worker processes of a DataLoader iterator now (dropping the reference is not enough after an error
+    raised by the iterator: the traceback's frames still hold it)."""
+    shutdown = getattr(batches, "_shutdown_workers", None)  # what the iterator's __del__ calls; none without workers
+    if shutdown is not None:
+        shutdown()
+
+
+def worker_error(exc: ActrecError) -> ActrecError:
+    """An ActrecError re-raised by the DataLoader from a worker ("Caught X in DataLoader worker process N." and the
+    worker's traceback) as one of the same type with the worker's own message; any other error as it is."""
+    text = str(exc)
+    name = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+    if not (text.startswith(f"Caught {type(exc).__name__} in DataLoader worker process") and name in text):
+        return exc
+    return type(exc)(text.rpartition(name)[2].strip())

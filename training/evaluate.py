@@ -43,7 +43,7 @@ from actrec.fusion.scores import ScoreSet, save_scores
 from actrec.pipeline.flow import resolve_device
 from actrec.training.augment import AugmentParams, Box, eval_frames, eval_view, view_boxes
 from actrec.training.checkpoint import load_checkpoint
-from actrec.training.config import TrainConfig, apply_overrides
+from actrec.training.config import PATH_FIELDS, TrainConfig, run_config
 from actrec.training.datasets import ClipSource, EvalVideos
 from actrec.training.models import MODEL_SPECS, STREAMS, ModelSpec, build_model, stream_logits, to_channels_last
 from actrec.training.monitor import TENSORBOARD, log_evaluation
@@ -85,7 +85,7 @@ def evaluate(checkpoint: str | Path, output: str | Path, options: EvalOptions = 
     if output.suffix != ".npz":
         raise InputError(f"{output}: the score file must end in .npz")
     saved = load_checkpoint(checkpoint)
-    config = apply_overrides(TrainConfig(), saved["config"], str(checkpoint))
+    config = run_config(saved["config"], checkpoint, [name for name in PATH_FIELDS if not getattr(options, name)])
     classes = list(saved["class_names"])
     device = torch.device(resolve_device(options.gpu))
     model = _load_model(config, saved, len(classes), device, str(checkpoint))
