@@ -29,12 +29,12 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
+import os
 import pstats
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -42,16 +42,20 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from actrec.data_manifests.manifest import ManifestRow, read_manifest, write_manifest
+from actrec.models.cotnet import cotnet101
+from actrec.models.resnet import resnet50
 from actrec.pipeline.flow import FlowOptions, FlowStore, encode_flow, flow_attrs
 from actrec.pipeline.frames import ExtractOptions, FrameStore, extract_frames
 from actrec.pipeline.rawframes import MMACTION2, export_rawframes
 from actrec.pipeline.store import init_store, seal_shard, write_part
 from actrec.training.augment import (IMAGENET_MEAN, IMAGENET_STD, AugmentParams, erase_box, multiscale_crop_box,
                                      random_crop_box, rotation_matrix)
+from actrec.training.batch import ClipBatch
 from actrec.training.config import TrainConfig, resolve_config
 from actrec.training.datasets import ClipSource, rgb_index, segment_starts, stack_indices
 from actrec.training.distributed import StreamBatchSampler
-from actrec.training.trainer import train_loader
+from actrec.training.feed import augment_params, train_loader
+from actrec.training.models import MODEL_SPECS
 
 SHARED_VIDEOS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "videos"
 CLIPS = ("kinetics_arm_wrestling", "kinetics_pool_cleaning", "kinetics_clean_and_jerk", "kinetics_skateboarding",
@@ -60,6 +64,7 @@ FARNEBACK = dict(pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5, po
 # GPU consumption, an estimate (not measured here): an H100 trains a ResNet-50 at about 3,000 images/s in bf16; a
 # STILT clip is 6 backbone passes (3 segments x 2 streams) -> ~500 clips/s
 H100_RESNET50_IMAGES_PER_S = 3000.0
+BACKBONES = {"stilt": "resnet50", "cotlstm": "cotnet101"}
 BACKBONE_PASSES = {"stilt": 6, "cotlstm": 11}  # STILT: 3 segments x 2 streams; CoT-LSTM: 1 RGB frame + 10 flows
 
 
@@ -209,88 +214,154 @@ def reference_loader(root: Path, source: ClipSource, config: TrainConfig) -> Dat
 
 # --- ours ---
 
-def our_loader(source: ClipSource, config: TrainConfig) -> Iterator:
-    return iter(train_loader(config, source))
+def our_batches(source: ClipSource, config: TrainConfig, augment_in_loader: bool,
+                device: torch.device | None) -> Iterator[ClipBatch]:
+    """Our batches as they reach the model: ``feed.train_loader``'s, augmented in the loader (``--augment-on
+    cpu``), or uint8 and, with a ``device``, copied there and augmented there (the GPU path); without a device the
+    GPU path stops at the loader's uint8 batches, what the GPU would receive (the rest runs on the GPU, not on a
+    loader core)."""
+    spec, params = MODEL_SPECS[config.model], augment_params(config)
+    pin = device is not None and device.type == "cuda"
+    for batch in train_loader(config, source, pin_memory=pin, augment=augment_in_loader):
+        if device is not None:
+            batch = batch.to(device, non_blocking=True).augment(spec.augment, source.bound, params)
+        yield batch
 
 
 # --- timing ---
 
-def clips_per_s(make: Callable[[], Iterator], batches: int, batch_size: int) -> float:
-    """Clips per second over ``batches`` batches, after the first (start-up) batch."""
-    batches_iter = make()
-    next(batches_iter)
+def clips_per_s(batches: Iterator, count: int, batch_size: int, device: torch.device | None) -> float:
+    """Clips per second over ``count`` batches, after the first (start-up: worker processes, first reads)."""
+    next(batches)
     start = time.perf_counter()
-    for _ in range(batches):
-        next(batches_iter)
-    return batches * batch_size / (time.perf_counter() - start)
+    for _ in range(count):
+        next(batches)
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return count * batch_size / (time.perf_counter() - start)
 
 
-def configs(manifest: Path, root: Path, model: str, workers: int, batches: int) -> TrainConfig:
+def make_config(root: Path, model: str, workers: int, batches: int) -> TrainConfig:
+    """The recipe of ``model`` at full size (224 crops; STILT 3 segments, CoT-LSTM 1; L = 10), batch 8."""
     return resolve_config(model, overrides=dict(frames=str(root / "frames"), flow=str(root / "flow"),
-                                                manifest=str(manifest), batch_size=8, workers=workers,
+                                                manifest=str(root / "manifest.csv"), batch_size=8, workers=workers,
                                                 iterations=batches + 1))
 
 
-def compare(manifest: Path, root: Path, model: str, workers: int, batches: int, rounds: int) -> dict[str, float]:
-    """Best-of-``rounds`` clips/s per core of ours and of the reference, measured alternately."""
-    config = configs(manifest, root, model, workers, batches)
+def compare(root: Path, model: str, workers: int, batches: int, rounds: int,
+            device: torch.device | None) -> dict[str, float]:
+    """Clips/s per loader core of each pipeline: the best of ``rounds`` rounds, the pipelines taking turns."""
+    config = make_config(root, model, workers, batches)
     source = ClipSource(config.frames, config.flow, read_manifest(config.manifest, [config.split]),
                         config.flow_length)
-    ours, reference = 0.0, 0.0
-    cores = max(workers, 1)
+    pipelines = {
+        "ours": lambda: our_batches(source, config, False, device),
+        "ours_augment_on_cpu": lambda: our_batches(source, config, True, None),
+        "jpeg_folders": lambda: iter(reference_loader(root, source, config)),
+    }
+    best = dict.fromkeys(pipelines, 0.0)
     for _ in range(rounds):
-        ours = max(ours, clips_per_s(lambda: our_loader(source, config), batches, 8) / cores)
-        reference = max(reference, clips_per_s(lambda: iter(reference_loader(root, source, config)), batches, 8)
-                        / cores)
-    return {"ours": ours, "reference": reference}
+        for name, make in pipelines.items():
+            rate = clips_per_s(make(), batches, config.batch_size, device if name == "ours" else None)
+            best[name] = max(best[name], rate / max(workers, 1))
+    return best
 
 
-def profile(manifest: Path, root: Path, model: str, clips: int) -> None:
-    config = configs(manifest, root, model, 0, clips // 8)
+def gpu_clips_per_s(model: str) -> tuple[float, str]:
+    """The clips/s one H100 would train, an estimate: ~3,000 ResNet-50 images/s in bf16, scaled by the multiply-adds
+    of the model's backbone against ResNet-50's (counted here by torch's FlopCounterMode at 224 x 224), divided by
+    the backbone passes of a clip. Also the derivation, as text."""
+    macs = {name: backbone_macs(name) for name in {"resnet50", BACKBONES[model]}}
+    per_image = H100_RESNET50_IMAGES_PER_S * macs["resnet50"] / macs[BACKBONES[model]]
+    rate = per_image / BACKBONE_PASSES[model]
+    text = (f"H100 ~{H100_RESNET50_IMAGES_PER_S:.0f} ResNet-50 images/s (bf16)"
+            + (f" x {macs['resnet50'] / 1e9:.2f} / {macs[BACKBONES[model]] / 1e9:.2f} GMACs ({BACKBONES[model]})"
+               if BACKBONES[model] != "resnet50" else "")
+            + f" / {BACKBONE_PASSES[model]} backbone passes per clip = ~{rate:.0f} clips/s")
+    return rate, text
+
+
+def backbone_macs(name: str) -> float:
+    """Multiply-adds of one 224 x 224 image through a backbone (counted on the meta device: no computation)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = {"resnet50": resnet50, "cotnet101": cotnet101}[name]().eval()
+        image = torch.empty(1, 3, 224, 224)
+    with FlopCounterMode(display=False) as counter:
+        model(image)
+    return counter.get_total_flops() / 2
+
+
+def profile(root: Path, model: str, clips: int) -> None:
+    """cProfile of our GPU path's loader in this process (no workers)."""
+    config = make_config(root, model, 0, clips // 8)
     source = ClipSource(config.frames, config.flow, read_manifest(config.manifest, [config.split]),
                         config.flow_length)
-    batches = our_loader(source, config)
+    batches = our_batches(source, config, False, None)
     next(batches)
     profiler = cProfile.Profile()
     profiler.enable()
     for _ in range(clips // 8 - 1):
         next(batches)
     profiler.disable()
-    pstats.Stats(profiler).sort_stats("tottime").print_stats(18)
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="loader worker processes")
     parser.add_argument("--batches", type=int, default=12, help="timed batches of 8 clips per measurement")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best counts")
-    parser.add_argument("--models", nargs="+", default=["stilt", "cotlstm"])
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, the pipelines taking turns; the best counts")
+    parser.add_argument("--models", nargs="+", default=["stilt", "cotlstm"], choices=["stilt", "cotlstm"])
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--data", type=Path, help="keep the stores here (made once) instead of a temporary folder")
-    parser.add_argument("--profile", choices=["stilt", "cotlstm"], help="cProfile our loader (one process) only")
+    parser.add_argument("--profile", choices=["stilt", "cotlstm"], help="only cProfile our loader in one process")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    device = torch.device("cuda") if torch.cuda.is_available() else None
     with tempfile.TemporaryDirectory() as tmp:
         root = args.data or Path(tmp)
-        manifest = root / "manifest.csv"
-        if not manifest.exists():
+        if not (root / "manifest.csv").exists():
             root.mkdir(parents=True, exist_ok=True)
             start = time.perf_counter()
             write_real_stores(root)
-            print(f"stores and rawframes written in {time.perf_counter() - start:.0f} s")
-        print(f"flow store: {bytes_per_flow(root)} bytes per 340x256 flow")
+            print(f"stores and rawframes of {len(CLIPS)} real clips written in {time.perf_counter() - start:.0f} s")
+        print(f"flow store (Farneback flow of the real clips, zstd): {bytes_per_flow(root)} bytes per 340x256 flow")
         if args.profile:
-            profile(manifest, root, args.profile, 64)
+            profile(root, args.profile, 64)
             return
-        results: dict[str, dict[str, float]] = {}
-        for model in args.models:
-            for workers in args.workers:
-                rates = compare(manifest, root, model, workers, args.batches, args.rounds)
-                print(f"{model} workers {workers}: ours {rates['ours']:.1f} clips/s per core, JPEG folders "
-                      f"{rates['reference']:.1f}, ratio {rates['ours'] / rates['reference']:.2f}x", flush=True)
-                results.setdefault(model, {})[f"workers_{workers}"] = rates
+        ours = (f"the loader, then the copy and the augmentation on {torch.cuda.get_device_name()}" if device else
+                "the loader alone (no GPU here: its uint8 batches are what the GPU receives)")
+        print(f"ours: {ours}; load average at the start {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+        results = {model: measure(root, model, args.workers, args.batches, args.rounds, device)
+                   for model in args.models}
+        print(f"load average at the end {os.getloadavg()[0]:.1f}")
         if args.json:
-            args.json.write_text(json.dumps(results, indent=2))
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def measure(root: Path, model: str, workers: list[int], batches: int, rounds: int,
+            device: torch.device | None) -> dict[str, object]:
+    """One model's rates at each worker count, printed; the JSON entry (headline: one worker, one core)."""
+    per_workers = {}
+    for count in workers:
+        rates = per_workers[str(count)] = compare(root, model, count, batches, rounds, device)
+        print(f"{model}, {count} worker{'s' if count > 1 else ''}: clips/s per loader core: ours "
+              f"{rates['ours']:.1f} (--augment-on cpu {rates['ours_augment_on_cpu']:.1f}), JPEG folders "
+              f"{rates['jpeg_folders']:.1f}; ours / JPEG folders {rates['ours'] / rates['jpeg_folders']:.2f}x",
+              flush=True)
+    headline = per_workers[str(workers[0])]
+    gpu_rate, derivation = gpu_clips_per_s(model)
+    cores = gpu_rate / headline["ours"]
+    print(f"  GPU consumption (estimate): {derivation}; at our rate that needs {cores:.1f} loader cores per H100 "
+          f"(the JPEG-folder pipeline: {gpu_rate / headline['jpeg_folders']:.1f})")
+    return {"ours_clips_per_s_per_core": headline["ours"],
+            "jpeg_folders_clips_per_s_per_core": headline["jpeg_folders"],
+            "ours_augment_on_cpu_clips_per_s_per_core": headline["ours_augment_on_cpu"],
+            "ratio": headline["ours"] / headline["jpeg_folders"], "workers": workers[0],
+            "per_workers": per_workers, "gpu_clips_per_s_estimate": gpu_rate, "gpu_estimate": derivation,
+            "loader_cores_per_h100": cores, "ours_on": "gpu" if device else "loader only (no GPU)"}
 
 
 if __name__ == "__main__":
