@@ -44,10 +44,10 @@ from torch.utils.data import DataLoader, Dataset
 from actrec.data_manifests.manifest import ManifestRow, read_manifest, write_manifest
 from actrec.models.cotnet import cotnet101
 from actrec.models.resnet import resnet50
-from actrec.pipeline.flow import FlowOptions, FlowStore, encode_flow, flow_attrs
+from actrec.pipeline.flow import COMPRESSIONS, FlowOptions, FlowStore, encode_flow, flow_attrs
 from actrec.pipeline.frames import ExtractOptions, FrameStore, extract_frames
 from actrec.pipeline.rawframes import MMACTION2, export_rawframes
-from actrec.pipeline.store import init_store, seal_shard, write_part
+from actrec.pipeline.store import META_FILE, init_store, seal_shard, write_part
 from actrec.training.augment import (IMAGENET_MEAN, IMAGENET_STD, AugmentParams, erase_box, multiscale_crop_box,
                                      random_crop_box, rotation_matrix)
 from actrec.training.batch import ClipBatch
@@ -89,9 +89,25 @@ def write_real_stores(root: Path) -> Path:
     return root / "manifest.csv"
 
 
-def bytes_per_flow(root: Path) -> int:
+def flow_store(root: Path, codec: str) -> Path:
+    """The flow store of the codec (another than the default: the default store's flows, re-encoded, made once)."""
+    if codec == FlowOptions.compression:
+        return root / "flow"
+    out = root / f"flow_{codec}"
+    if not (out / META_FILE).exists():
+        source = FlowStore(root / "flow")
+        options = FlowOptions(compression=codec)
+        layout = init_store(out, "flow", options.store_params(), num_shards=1)
+        for video_id in source.video_ids:
+            write_part(layout, 0, video_id, {"flow": encode_flow(source.read_stack(video_id, 0, source.num_flows(
+                video_id)), options)}, source.attrs(video_id))
+        seal_shard(layout, 0)
+    return out
+
+
+def bytes_per_flow(store_root: Path) -> int:
     """Compressed bytes per stored flow (all shards over all flows)."""
-    store = FlowStore(root / "flow")
+    store = FlowStore(store_root)
     flows = sum(store.num_flows(video_id) for video_id in store.video_ids)
     return sum(path.stat().st_size for path in store.layout.shard_paths()) // flows
 
@@ -241,17 +257,17 @@ def clips_per_s(batches: Iterator, count: int, batch_size: int, device: torch.de
     return count * batch_size / (time.perf_counter() - start)
 
 
-def make_config(root: Path, model: str, workers: int, batches: int) -> TrainConfig:
+def make_config(root: Path, model: str, workers: int, batches: int, codec: str) -> TrainConfig:
     """The recipe of ``model`` at full size (224 crops; STILT 3 segments, CoT-LSTM 1; L = 10), batch 8."""
-    return resolve_config(model, overrides=dict(frames=str(root / "frames"), flow=str(root / "flow"),
+    return resolve_config(model, overrides=dict(frames=str(root / "frames"), flow=str(flow_store(root, codec)),
                                                 manifest=str(root / "manifest.csv"), batch_size=8, workers=workers,
                                                 iterations=batches + 1))
 
 
-def compare(root: Path, model: str, workers: int, batches: int, rounds: int,
-            device: torch.device | None) -> dict[str, float]:
+def compare(root: Path, model: str, workers: int, batches: int, rounds: int, device: torch.device | None,
+            codec: str) -> dict[str, float]:
     """Clips/s per loader core of each pipeline: the best of ``rounds`` rounds, the pipelines taking turns."""
-    config = make_config(root, model, workers, batches)
+    config = make_config(root, model, workers, batches, codec)
     source = ClipSource(config.frames, config.flow, read_manifest(config.manifest, [config.split]),
                         config.flow_length)
     pipelines = {
@@ -293,9 +309,9 @@ def backbone_macs(name: str) -> float:
     return counter.get_total_flops() / 2
 
 
-def profile(root: Path, model: str, clips: int) -> None:
+def profile(root: Path, model: str, clips: int, codec: str) -> None:
     """cProfile of our GPU path's loader in this process (no workers)."""
-    config = make_config(root, model, 0, clips // 8)
+    config = make_config(root, model, 0, clips // 8, codec)
     source = ClipSource(config.frames, config.flow, read_manifest(config.manifest, [config.split]),
                         config.flow_length)
     batches = our_batches(source, config, False, None)
@@ -317,6 +333,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--data", type=Path, help="keep the stores here (made once) instead of a temporary folder")
     parser.add_argument("--profile", choices=["stilt", "cotlstm"], help="only cProfile our loader in one process")
+    parser.add_argument("--codec", default=FlowOptions.compression, choices=sorted(COMPRESSIONS),
+                        help="our flow store's codec (the same flows re-encoded) [the default, zstd]")
     args = parser.parse_args()
     torch.set_num_threads(1)
     device = torch.device("cuda") if torch.cuda.is_available() else None
@@ -327,26 +345,27 @@ def main() -> None:
             start = time.perf_counter()
             write_real_stores(root)
             print(f"stores and rawframes of {len(CLIPS)} real clips written in {time.perf_counter() - start:.0f} s")
-        print(f"flow store (Farneback flow of the real clips, zstd): {bytes_per_flow(root)} bytes per 340x256 flow")
+        print(f"flow store (Farneback flow of the real clips, {args.codec}): "
+              f"{bytes_per_flow(flow_store(root, args.codec))} bytes per 340x256 flow")
         if args.profile:
-            profile(root, args.profile, 64)
+            profile(root, args.profile, 64, args.codec)
             return
         ours = (f"the loader, then the copy and the augmentation on {torch.cuda.get_device_name()}" if device else
                 "the loader alone (no GPU here: its uint8 batches are what the GPU receives)")
         print(f"ours: {ours}; load average at the start {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-        results = {model: measure(root, model, args.workers, args.batches, args.rounds, device)
+        results = {model: measure(root, model, args.workers, args.batches, args.rounds, device, args.codec)
                    for model in args.models}
         print(f"load average at the end {os.getloadavg()[0]:.1f}")
         if args.json:
             args.json.write_text(json.dumps(results, indent=2) + "\n")
 
 
-def measure(root: Path, model: str, workers: list[int], batches: int, rounds: int,
-            device: torch.device | None) -> dict[str, object]:
+def measure(root: Path, model: str, workers: list[int], batches: int, rounds: int, device: torch.device | None,
+            codec: str) -> dict[str, object]:
     """One model's rates at each worker count, printed; the JSON entry (headline: one worker, one core)."""
     per_workers = {}
     for count in workers:
-        rates = per_workers[str(count)] = compare(root, model, count, batches, rounds, device)
+        rates = per_workers[str(count)] = compare(root, model, count, batches, rounds, device, codec)
         print(f"{model}, {count} worker{'s' if count > 1 else ''}: clips/s per loader core: ours "
               f"{rates['ours']:.1f} (--augment-on cpu {rates['ours_augment_on_cpu']:.1f}), JPEG folders "
               f"{rates['jpeg_folders']:.1f}; ours / JPEG folders {rates['ours'] / rates['jpeg_folders']:.2f}x",
@@ -361,7 +380,8 @@ def measure(root: Path, model: str, workers: list[int], batches: int, rounds: in
             "ours_augment_on_cpu_clips_per_s_per_core": headline["ours_augment_on_cpu"],
             "ratio": headline["ours"] / headline["jpeg_folders"], "workers": workers[0],
             "per_workers": per_workers, "gpu_clips_per_s_estimate": gpu_rate, "gpu_estimate": derivation,
-            "loader_cores_per_h100": cores, "ours_on": "gpu" if device else "loader only (no GPU)"}
+            "loader_cores_per_h100": cores, "ours_on": "gpu" if device else "loader only (no GPU)",
+            "flow_codec": codec}
 
 
 if __name__ == "__main__":
