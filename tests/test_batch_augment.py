@@ -83,8 +83,8 @@ def test_a_batch_on_the_cpu_equals_the_per_clip_reference_with_the_same_draws(mo
                            for i, (rgb, flow, _) in enumerate(clips)])
     assert batch.rgb.dtype == torch.uint8 and batch.flow.dtype == torch.from_numpy(clips[0][1]).dtype
     if model == "stilt":
-        assert len(set(batch.sizes)) > 1  # clips of several crop sizes share the batch
-    rgb, flow = PIPELINES[model][1](batch.rgb, batch.flow, batch.sizes, batch.draws, 20.0, params)
+        assert len(batch.groups) > 1  # clips of several crop sizes share the batch
+    rgb, flow = PIPELINES[model][1](batch, 20.0, params)
     for b, (clip_rgb, clip_flow, rng) in enumerate(clips):
         ref_rgb, ref_flow = PIPELINES[model][2](torch.from_numpy(clip_rgb).permute(0, 3, 1, 2),
                                                 torch.from_numpy(clip_flow).permute(0, 1, 4, 2, 3), 20.0, params, rng)
@@ -105,7 +105,7 @@ def test_batched_clips_show_their_drawn_crops_and_flips_with_flow_x_negated_when
     rgb, flow = _position_coded()
     loaded = [_loaded("stilt", rgb, flow[0], params, np.random.default_rng([1, i])) for i in range(12)]
     batch = collate_clips(loaded)
-    out_rgb, out_flow = tsn_batch(batch.rgb, batch.flow, batch.sizes, batch.draws, 20.0, params)
+    out_rgb, out_flow = tsn_batch(batch, 20.0, params)
     columns = (out_rgb[:, 0, 0] * 0.229 + 0.485) * 255  # red, ImageNet normalisation undone: source column
     assert {clip.draw.flip for clip in loaded} == {False, True}
     for b, clip in enumerate(loaded):

@@ -85,7 +85,7 @@ def test_clips_and_eval_videos_have_the_documented_layout(tmp_path):
     again = clips[(0, 17)]
     assert again.draw == clip.draw and np.array_equal(again.rgb, clip.rgb)  # the stream position fixes the draws
     batch = collate_clips([clip, again])
-    rgb, flow = tsn_batch(batch.rgb, batch.flow, batch.sizes, batch.draws, source.bound, params)
+    rgb, flow = tsn_batch(batch, source.bound, params)
     assert rgb.shape == (2, 4, 3, 8, 8) and flow.shape == (2, 4, 3, 2, 8, 8)  # the models' layout
     rgb, flow, index = EvalVideos(source, 5)[0]
     assert rgb.dtype == torch.uint8 and rgb.shape == (5, 3, 8, 8) and flow.shape == (5, 3, 2, 8, 8)

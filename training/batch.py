@@ -3,14 +3,15 @@
 A training clip leaves the loader as it was stored, uint8 (flow: uint8 codes, or float16 pixels for float16
 stores), with its augmentation drawn but not applied (``augment.ClipDraw``); the loader only cuts STILT's crop out
 of the frames by slicing. ``collate_clips`` copies the clips of a micro-batch into one batch tensor per stream,
-allocated where the batch travels: in shared memory in a worker process (the DataLoader then passes it to the main
+without padding, allocated where the batch travels: in shared memory in a worker process (the DataLoader then passes it to the main
 process without a copy), in pinned memory in the main process on a CUDA run (``torch.empty(pin_memory=True)``,
 from PyTorch's caching host allocator, which hands the same pinned blocks out again once their copies to the
 device are done); batches of worker processes are pinned by the DataLoader's pin thread, from the same allocator.
 The training device then converts and augments the whole batch (``actrec.training.batch_augment``).
 
-Compared with collating float32 clips (8 STILT clips at 224 px: 300 MB), a batch is 4-8x smaller (8 clips of
-crops up to 256 x 256 px: 36 MB), and no float work is left to the loader's CPU.
+Compared with collating the augmented float32 clips (8 STILT clips of 3 x (3 + 20) channels at 224 px: 111 MB), a
+batch is about 4.5x smaller (the uint8 multi-scale crops, 168 to 256 px a side: 25 MB on average), and no float
+work is left to the loader's CPU.
 
 A clip that cannot be read (``StoreError``: undecodable frame, checksum mismatch, unreadable shard) is returned as a
 ``BadSample`` instead, in worker processes too: nothing is raised there, the batch carries it to the main process,
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -30,9 +31,8 @@ from torch.utils.data import get_worker_info
 
 from actrec.training.augment import AugmentParams, ClipDraw
 
-# (uint8 RGB [B, n, H, W, 3], flow [B, n, L, H, W, 2], clip sizes, draws, bound, params) -> float model inputs
-BatchAugment = Callable[[Tensor, Tensor, Sequence[tuple[int, int]], Sequence[ClipDraw], float, AugmentParams],
-                        tuple[Tensor, Tensor]]
+# (a batch fresh from the loader, the flow store's bound, params) -> float model inputs
+BatchAugment = Callable[["ClipBatch", float, AugmentParams], tuple[Tensor, Tensor]]
 
 
 @dataclass(frozen=True)
@@ -54,23 +54,45 @@ class LoadedClip:
     label: int
 
 
+@dataclass(frozen=True)
+class ClipGroup:
+    """Clips of one size (``height`` x ``width``), stored one after another in a batch's flat buffers."""
+
+    members: tuple[int, ...]  # their places in the batch: their draws, labels and outputs
+    height: int
+    width: int
+
+
 @dataclass
 class ClipBatch:
-    """A micro-batch of clips. Fresh from the loader (``augmented`` False): uint8 RGB [B, n, H, W, 3] and flow
-    [B, n, L, H, W, 2], clip b in the top-left ``sizes[b]`` of its slot, with its ``draws[b]`` still to apply;
-    augmented: the model's inputs, float32 RGB [B, n, 3, c, c] and flow [B, n, L, 2, c, c]. ``bad``: the clips of
-    the micro-batch that could not be read (not in the tensors)."""
+    """A micro-batch of clips. Fresh from the loader (``augmented`` False): the clips' uint8 RGB and flow (uint8
+    codes or float16 pixels) in two flat buffers, clip by clip in the order of ``groups`` (clips of one size
+    together, no padding; ``group_views``), with their ``draws`` still to apply; augmented: the model's inputs,
+    float32 RGB [B, n, 3, c, c] and flow [B, n, L, 2, c, c]. ``bad``: the clips of the micro-batch that could not
+    be read (not in the tensors)."""
 
     rgb: Tensor
     flow: Tensor
     labels: Tensor
-    sizes: list[tuple[int, int]] = field(default_factory=list)
+    frames: int = 0  # n: RGB frames (segments) per clip
+    length: int = 0  # L: flows per stack
+    groups: list[ClipGroup] = field(default_factory=list)
     draws: list[ClipDraw] = field(default_factory=list)
     bad: list[BadSample] = field(default_factory=list)
     augmented: bool = False
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def group_views(self) -> Iterator[tuple[ClipGroup, Tensor, Tensor]]:
+        """Each group with its clips' RGB [g, n, h, w, 3] and flow [g, n, L, h, w, 2]: views of the buffers."""
+        rgb_at = flow_at = 0
+        for group in self.groups:
+            shape = (len(group.members), self.frames, group.height, group.width)
+            rgb_size, flow_size = math.prod(shape) * 3, math.prod(shape) * self.length * 2
+            yield (group, self.rgb[rgb_at:rgb_at + rgb_size].view(*shape, 3),
+                   self.flow[flow_at:flow_at + flow_size].view(*shape[:2], self.length, *shape[2:], 2))
+            rgb_at, flow_at = rgb_at + rgb_size, flow_at + flow_size
 
     def pin_memory(self) -> "ClipBatch":
         """The batch in pinned memory (called by the DataLoader's pin thread); pinned tensors stay as they are."""
@@ -88,7 +110,7 @@ class ClipBatch:
         """The batch with its draws applied, on its device (a batch with no clip stays as it is)."""
         if self.augmented or not len(self):
             return self
-        rgb, flow = augment(self.rgb, self.flow, self.sizes, self.draws, bound, params)
+        rgb, flow = augment(self, bound, params)
         return replace(self, rgb=rgb, flow=flow, augmented=True)
 
 
@@ -96,28 +118,32 @@ def collate_clips(items: Sequence[LoadedClip | BadSample], pin: bool = False) ->
     """One uint8 batch of the readable clips (``pin``: in pinned memory, for a CUDA run without workers)."""
     clips = [item for item in items if isinstance(item, LoadedClip)]
     bad = [item for item in items if isinstance(item, BadSample)]
+    labels = torch.tensor([clip.label for clip in clips], dtype=torch.int64)
     if not clips:
         empty = torch.empty(0, dtype=torch.uint8)
-        return ClipBatch(empty, empty, torch.empty(0, dtype=torch.int64), bad=bad)
-    sizes = [clip.rgb.shape[1:3] for clip in clips]
-    height, width = max(h for h, _ in sizes), max(w for _, w in sizes)
-    first = clips[0]
-    rgb = _batch_tensor((len(clips), len(first.rgb), height, width, 3), torch.uint8, pin)
-    flow_dtype = torch.from_numpy(first.stacks[0][:0]).dtype  # uint8 codes or float16 pixels, as stored
-    flow = _batch_tensor((len(clips), len(first.stacks), len(first.stacks[0]), height, width, 2), flow_dtype, pin)
-    rgb_np, flow_np = rgb.numpy(), flow.numpy()
-    for b, (clip, (h, w)) in enumerate(zip(clips, sizes)):
-        rgb_np[b, :, :h, :w] = clip.rgb
-        for i, stack in enumerate(clip.stacks):
-            flow_np[b, i, :, :h, :w] = stack
-    labels = torch.tensor([clip.label for clip in clips], dtype=torch.int64)
-    return ClipBatch(rgb, flow, labels, [tuple(s) for s in sizes], [clip.draw for clip in clips], bad)
+        return ClipBatch(empty, empty, labels, bad=bad)
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for b, clip in enumerate(clips):
+        by_size.setdefault(clip.rgb.shape[1:3], []).append(b)
+    frames, length = len(clips[0].rgb), len(clips[0].stacks[0])
+    pixels = frames * sum(h * w * len(members) for (h, w), members in by_size.items())
+    flow_dtype = torch.from_numpy(clips[0].stacks[0][:0]).dtype  # uint8 codes or float16 pixels, as stored
+    batch = ClipBatch(_batch_tensor(pixels * 3, torch.uint8, pin), _batch_tensor(pixels * length * 2, flow_dtype, pin),
+                      labels, frames, length, [ClipGroup(tuple(m), h, w) for (h, w), m in by_size.items()],
+                      [clip.draw for clip in clips], bad)
+    for group, rgb, flow in batch.group_views():
+        rgb_np, flow_np = rgb.numpy(), flow.numpy()
+        for slot, b in enumerate(group.members):
+            rgb_np[slot] = clips[b].rgb
+            for i, stack in enumerate(clips[b].stacks):
+                flow_np[slot, i] = stack
+    return batch
 
 
-def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype, pin: bool) -> Tensor:
-    """An uninitialised batch tensor where it will travel: shared memory in a DataLoader worker, pinned memory if
-    asked, else ordinary memory."""
+def _batch_tensor(numel: int, dtype: torch.dtype, pin: bool) -> Tensor:
+    """An uninitialised flat batch buffer where it will travel: shared memory in a DataLoader worker, pinned memory
+    if asked, else ordinary memory."""
     if get_worker_info() is not None:
-        storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(math.prod(shape))  # as default_collate
-        return torch.empty(0, dtype=dtype).new(storage).resize_(shape)
-    return torch.empty(shape, dtype=dtype, pin_memory=pin)
+        storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(numel)  # as default_collate does
+        return torch.empty(0, dtype=dtype).new(storage)
+    return torch.empty(numel, dtype=dtype, pin_memory=pin)

@@ -1,9 +1,9 @@
 """Training augmentation of whole batches on the training device: the half of the input pipeline after the loader.
 
 The loader (``actrec.training.batch``) draws each clip's augmentation (``ClipDraw``), cuts STILT's crop out of the
-stored frames by slicing, and hands over uint8 batches: RGB ``[B, n, H, W, 3]`` and flow ``[B, n, L, H, W, 2]``
-(uint8 codes or float16 pixels), channels last as stored, each clip in the top-left ``sizes[b]`` of its slot (crops
-differ in size). Here, batched, on whatever device the tensors are on (the GPU, or the CPU with ``--augment-on
+stored frames by slicing, and hands over uint8 batches (``ClipBatch``): each group of clips of one size as RGB
+``[g, n, h, w, 3]`` and flow ``[g, n, L, h, w, 2]`` (uint8 codes or float16 pixels), channels last as stored. Here,
+batched per group, on whatever device the tensors are on (the GPU, or the CPU with ``--augment-on
 cpu``): the conversion to float, the flow's unit conversion, flips (negating flow x), the resize, CoT-LSTM's
 rotation, erasing and crop, and the normalisation, giving the dataset layout the models take (``datasets.py``):
 float32 RGB ``[B, n, 3, c, c]`` normalised and flow ``[B, n, L, 2, c, c]`` in units of the bound.
@@ -19,47 +19,44 @@ another batch shape. On a GPU the kernels differ from the CPU's, as they do for 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from actrec.training.augment import (ERASED_RGB, AugmentParams, ClipDraw, crop, flow_to_units, normalize_rgb,
-                                     resize, rotation_matrix, rotation_theta)
+from actrec.training.augment import (ERASED_RGB, AugmentParams, crop, flow_to_units, normalize_rgb, resize,
+                                     rotation_matrix, rotation_theta)
+from actrec.training.batch import ClipBatch
 
 TOLERANCE = 1e-5  # max absolute difference from the per-clip reference on the CPU (normalised RGB; flow units)
 
 
-def tsn_batch(rgb: Tensor, flow: Tensor, sizes: Sequence[tuple[int, int]], draws: Sequence[ClipDraw], bound: float,
-              params: AugmentParams) -> tuple[Tensor, Tensor]:
+def tsn_batch(batch: ClipBatch, bound: float, params: AugmentParams) -> tuple[Tensor, Tensor]:
     """STILT: each clip's crop (already cut by the loader), flipped if drawn, resized to ``params.crop``."""
     size = (params.crop, params.crop)
-    out_rgb, out_flow = _outputs(rgb, flow, size)
-    for members, (clip_rgb, clip_flow) in _groups(rgb, flow, sizes, bound):
-        _mirror(clip_rgb, clip_flow, [draws[m].flip for m in members])  # before the resize, as the reference
-        index = torch.tensor(members, device=rgb.device)
-        out_rgb[index] = normalize_rgb(resize(clip_rgb, size))
-        out_flow[index] = resize(clip_flow, size)
+    out_rgb, out_flow = _outputs(batch, size)
+    for members, clip_rgb, clip_flow in _groups(batch, bound):
+        _mirror(clip_rgb, clip_flow, [batch.draws[m].flip for m in members])  # before the resize, as the reference
+        out_rgb[members] = normalize_rgb(resize(clip_rgb, size))
+        out_flow[members] = resize(clip_flow, size)
     return out_rgb, out_flow
 
 
-def variation_batch(rgb: Tensor, flow: Tensor, sizes: Sequence[tuple[int, int]], draws: Sequence[ClipDraw],
-                    bound: float, params: AugmentParams) -> tuple[Tensor, Tensor]:
+def variation_batch(batch: ClipBatch, bound: float, params: AugmentParams) -> tuple[Tensor, Tensor]:
     """CoT-LSTM's data variation: resize to the ``params.resize`` square, rotate, erase, crop, flip, normalise."""
     square = (params.resize, params.resize)
-    square_rgb, square_flow = _outputs(rgb, flow, square)
-    for members, (clip_rgb, clip_flow) in _groups(rgb, flow, sizes, bound):
-        index = torch.tensor(members, device=rgb.device)
-        square_rgb[index] = resize(clip_rgb, square)
-        square_flow[index] = resize(clip_flow, square)
+    square_rgb, square_flow = _outputs(batch, square)
+    for members, clip_rgb, clip_flow in _groups(batch, bound):
+        square_rgb[members] = resize(clip_rgb, square)
+        square_flow[members] = resize(clip_flow, square)
+    draws, device = batch.draws, square_rgb.device
     angles = [draw.angle for draw in draws]
     square_rgb, square_flow = rotate_batch(square_rgb, angles), rotate_flow_batch(square_flow, angles)
     for b, draw in enumerate(draws):
         if draw.erase is not None:
-            box = draw.erase
-            crop(square_rgb[b], box)[:] = torch.tensor(ERASED_RGB, device=rgb.device)[:, None, None]
-            crop(square_flow[b], box)[:] = 0.0  # zero motion
+            crop(square_rgb[b], draw.erase)[:] = torch.tensor(ERASED_RGB, device=device)[:, None, None]
+            crop(square_flow[b], draw.erase)[:] = 0.0  # zero motion
     out_rgb = torch.stack([crop(square_rgb[b], draw.crop) for b, draw in enumerate(draws)])
     out_flow = torch.stack([crop(square_flow[b], draw.crop) for b, draw in enumerate(draws)])
     _mirror(out_rgb, out_flow, [draw.flip for draw in draws])
@@ -84,27 +81,20 @@ def rotate_flow_batch(flow: Tensor, angles: Sequence[float]) -> Tensor:
     return torch.einsum("bij,b...jhw->b...ihw", matrices, turned)
 
 
-def _outputs(rgb: Tensor, flow: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+def _outputs(batch: ClipBatch, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
     """Empty float32 RGB [B, n, 3, *size] and flow [B, n, L, 2, *size] on the batch's device."""
-    return (torch.empty((*rgb.shape[:2], 3, *size), device=rgb.device),
-            torch.empty((*flow.shape[:3], 2, *size), device=flow.device))
+    clips, device = len(batch), batch.rgb.device
+    return (torch.empty((clips, batch.frames, 3, *size), device=device),
+            torch.empty((clips, batch.frames, batch.length, 2, *size), device=device))
 
 
-def _groups(rgb: Tensor, flow: Tensor, sizes: Sequence[tuple[int, int]],
-            bound: float) -> list[tuple[list[int], tuple[Tensor, Tensor]]]:
-    """The clips grouped by size: (members, (RGB float [g, n, 3, h, w] in 0..255, flow [g, n, L, 2, h, w] in
-    units)), channels first and contiguous, cut from the top-left of their slots."""
-    by_size: dict[tuple[int, int], list[int]] = {}
-    for b, size in enumerate(sizes):
-        by_size.setdefault(tuple(size), []).append(b)
-    groups = []
-    for (height, width), members in by_size.items():
-        index = torch.tensor(members, device=rgb.device)
-        clip_rgb = rgb[index, :, :height, :width].permute(0, 1, 4, 2, 3)  # (g, n, 3, h, w)
-        clip_flow = flow[index, :, :, :height, :width].permute(0, 1, 2, 5, 3, 4)  # (g, n, L, 2, h, w)
-        groups.append((members, (clip_rgb.to(torch.float32, memory_format=torch.contiguous_format),
-                                 flow_to_units(clip_flow, bound))))
-    return groups
+def _groups(batch: ClipBatch, bound: float) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """Each group of clips of one size: (their places in the batch, RGB float [g, n, 3, h, w] in 0..255, flow
+    [g, n, L, 2, h, w] in units), channels first and contiguous."""
+    for group, rgb, flow in batch.group_views():
+        members = torch.tensor(group.members, device=rgb.device)
+        yield (members, rgb.permute(0, 1, 4, 2, 3).to(torch.float32, memory_format=torch.contiguous_format),
+               flow_to_units(flow.permute(0, 1, 2, 5, 3, 4), bound))
 
 
 def _mirror(rgb: Tensor, flow: Tensor, flips: Sequence[bool]) -> None:
