@@ -230,9 +230,16 @@ def flow_to_units(flow: Tensor, bound: float) -> Tensor:
 
 def normalize_rgb(rgb: Tensor) -> Tensor:
     """RGB Tensor[..., 3, H, W] in 0..255 -> float32 normalised by the ImageNet mean and std."""
-    mean = torch.tensor(IMAGENET_MEAN, device=rgb.device)[:, None, None]
-    std = torch.tensor(IMAGENET_STD, device=rgb.device)[:, None, None]
+    mean = to_device(torch.tensor(IMAGENET_MEAN)[:, None, None], rgb.device)
+    std = to_device(torch.tensor(IMAGENET_STD)[:, None, None], rgb.device)
     return (rgb.float() / 255.0 - mean) / std
+
+
+def to_device(values: Tensor, device: torch.device) -> Tensor:
+    """A small CPU tensor (a few parameters) on ``device`` without waiting for the device's queued work: a blocking
+    copy to a GPU (``torch.tensor(..., device=...)``) would wait for every kernel before it, and the host could not
+    run ahead of the GPU."""
+    return values.to(device, non_blocking=True)
 
 
 # --- pipelines ---

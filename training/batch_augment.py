@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from actrec.training.augment import (ERASED_RGB, AugmentParams, crop, flow_to_units, normalize_rgb, resize,
-                                     rotation_matrix, rotation_theta)
+                                     rotation_matrix, rotation_theta, to_device)
 from actrec.training.batch import ClipBatch
 
 TOLERANCE = 1e-5  # max absolute difference from the per-clip reference on the CPU (normalised RGB; flow units)
@@ -50,12 +50,13 @@ def variation_batch(batch: ClipBatch, bound: float, params: AugmentParams) -> tu
     for members, clip_rgb, clip_flow in _groups(batch, bound):
         square_rgb[members] = resize(clip_rgb, square)
         square_flow[members] = resize(clip_flow, square)
-    draws, device = batch.draws, square_rgb.device
+    draws = batch.draws
     angles = [draw.angle for draw in draws]
     square_rgb, square_flow = rotate_batch(square_rgb, angles), rotate_flow_batch(square_flow, angles)
+    fill = to_device(torch.tensor(ERASED_RGB)[:, None, None], square_rgb.device)
     for b, draw in enumerate(draws):
         if draw.erase is not None:
-            crop(square_rgb[b], draw.erase)[:] = torch.tensor(ERASED_RGB, device=device)[:, None, None]
+            crop(square_rgb[b], draw.erase)[:] = fill
             crop(square_flow[b], draw.erase)[:] = 0.0  # zero motion
     out_rgb = torch.stack([crop(square_rgb[b], draw.crop) for b, draw in enumerate(draws)])
     out_flow = torch.stack([crop(square_flow[b], draw.crop) for b, draw in enumerate(draws)])
@@ -68,7 +69,7 @@ def rotate_batch(images: Tensor, angles: Sequence[float]) -> Tensor:
     sampling grid per clip serves all its frames and channels."""
     batch, height, width = images.shape[0], *images.shape[-2:]
     flat = images.reshape(batch, -1, height, width)  # (B, frames x channels, H, W)
-    theta = torch.stack([rotation_theta(angle, height, width) for angle in angles]).to(images.device)
+    theta = to_device(torch.stack([rotation_theta(angle, height, width) for angle in angles]), images.device)
     grid = F.affine_grid(theta, list(flat.shape), align_corners=False)
     out = F.grid_sample(flat, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out.reshape(images.shape)
@@ -77,7 +78,7 @@ def rotate_batch(images: Tensor, angles: Sequence[float]) -> Tensor:
 def rotate_flow_batch(flow: Tensor, angles: Sequence[float]) -> Tensor:
     """Rotate float flow Tensor[B, ..., 2, H, W]: each clip's grid and its (u, v) vectors by its angle."""
     turned = rotate_batch(flow, angles)
-    matrices = torch.stack([rotation_matrix(angle) for angle in angles]).to(flow.device, flow.dtype)  # (B, 2, 2)
+    matrices = to_device(torch.stack([rotation_matrix(angle) for angle in angles]), flow.device)  # (B, 2, 2)
     return torch.einsum("bij,b...jhw->b...ihw", matrices, turned)
 
 
@@ -92,7 +93,7 @@ def _groups(batch: ClipBatch, bound: float) -> Iterator[tuple[Tensor, Tensor, Te
     """Each group of clips of one size: (their places in the batch, RGB float [g, n, 3, h, w] in 0..255, flow
     [g, n, L, 2, h, w] in units), channels first and contiguous."""
     for group, rgb, flow in batch.group_views():
-        members = torch.tensor(group.members, device=rgb.device)
+        members = to_device(torch.tensor(group.members), rgb.device)
         yield (members, rgb.permute(0, 1, 4, 2, 3).to(torch.float32, memory_format=torch.contiguous_format),
                flow_to_units(flow.permute(0, 1, 2, 5, 3, 4), bound))
 
@@ -102,7 +103,7 @@ def _mirror(rgb: Tensor, flow: Tensor, flips: Sequence[bool]) -> None:
     chosen = [b for b, flip in enumerate(flips) if flip]
     if not chosen:
         return
-    index = torch.tensor(chosen, device=rgb.device)
-    sign = torch.tensor([-1.0, 1.0], device=flow.device)[:, None, None]  # x -> -x, y unchanged
+    index = to_device(torch.tensor(chosen), rgb.device)
+    sign = to_device(torch.tensor([-1.0, 1.0])[:, None, None], flow.device)  # x -> -x, y unchanged
     rgb[index] = rgb[index].flip(-1)
     flow[index] = flow[index].flip(-1) * sign
