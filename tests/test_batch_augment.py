@@ -175,3 +175,18 @@ def test_a_batch_on_the_gpu_matches_the_cpu(model):
     cpu = batch.augment(PIPELINES[model][1], 20.0, params)
     gpu = batch.to(torch.device("cuda"), non_blocking=True).augment(PIPELINES[model][1], 20.0, params)
     assert torch.allclose(gpu.rgb.cpu(), cpu.rgb, atol=1e-3) and torch.allclose(gpu.flow.cpu(), cpu.flow, atol=1e-3)
+
+
+def test_train_command_takes_augment_on_and_refuses_gpu_without_a_gpu(data, tmp_path):
+    from click.testing import CliRunner
+
+    from actrec.cli import cli
+
+    options = ["--frames", data.frames, "--flow", data.flow, "--manifest", data.manifest, "--reduced", "--crop", 32,
+               "--resize", 36, "--segments", 2, "--flow-length", 3, "--batch-size", 4, "--workers", 0, "--quiet"]
+    done = CliRunner().invoke(cli, [str(a) for a in ["train", "stilt", "--out", tmp_path / "cpu", *options,
+                                                     "--iterations", 1, "--augment-on", "cpu"]])
+    assert done.exit_code == 0, done.output
+    refused = CliRunner().invoke(cli, [str(a) for a in ["train", "stilt", "--out", tmp_path / "gpu", *options,
+                                                        "--iterations", 1, "--augment-on", "gpu"]])
+    assert refused.exit_code == 2 and "--augment-on gpu needs training on a GPU" in refused.output
