@@ -2,11 +2,12 @@
 
 A training clip leaves the loader as it was stored, uint8 (flow: uint8 codes, or float16 pixels for float16
 stores), with its augmentation drawn but not applied (``augment.ClipDraw``); the loader only cuts STILT's crop out
-of the frames by slicing. ``collate_clips`` copies the clips of a micro-batch into one batch tensor per stream,
-without padding, allocated where the batch travels: in shared memory in a worker process (the DataLoader then passes it to the main
-process without a copy), in pinned memory in the main process on a CUDA run (``torch.empty(pin_memory=True)``,
-from PyTorch's caching host allocator, which hands the same pinned blocks out again once their copies to the
-device are done); batches of worker processes are pinned by the DataLoader's pin thread, from the same allocator.
+of the frames by slicing. ``collate_clips`` copies the clips of a micro-batch into one flat buffer per stream,
+clips of one size together, without padding, allocated where the batch travels: in shared memory in a worker
+process (the DataLoader then passes it to the main process without a copy), in pinned memory in the main process
+on a CUDA run (``torch.empty(pin_memory=True)``, from PyTorch's caching host allocator, which hands the same pinned
+blocks out again once their copies to the device are done); batches of worker processes are pinned by the
+DataLoader's pin thread, from the same allocator.
 The training device then converts and augments the whole batch (``actrec.training.batch_augment``).
 
 Compared with collating the augmented float32 clips (8 STILT clips of 3 x (3 + 20) channels at 224 px: 111 MB), a

@@ -6,8 +6,9 @@ iterations a row of ``metrics.csv`` (iteration, loss, lr, clips_per_s, data_wait
 same values in ``tensorboard/`` when TensorBoard is installed, and ``loss.png`` at the end
 (``actrec.training.monitor``); ``bad_samples.csv`` lists the unreadable clips skipped (``bad_samples.py``).
 ``loss`` is the iteration's mean training loss over the global batch (its readable clips); ``data_wait`` the
-fraction of the logged iterations' time spent waiting for the input (``feed.py``: loader and batch augmentation). Under DDP the loss is averaged over the processes on log
-iterations only (the iteration's one host synchronisation), when a stop request is also shared.
+fraction of the logged iterations' time spent waiting for the input (``feed.py``: loader and batch augmentation).
+Under DDP the loss is averaged over the processes on log iterations only (the iteration's one host
+synchronisation), when a stop request is also shared.
 
 Exact resume: model, optimizer, LR schedule, GradScaler and every generator (Python, NumPy, torch, CUDA) are
 restored, and the data order and each clip's augmentation are functions of the iteration (``distributed.py``), so on
