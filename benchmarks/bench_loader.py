@@ -241,6 +241,7 @@ def our_batches(source: ClipSource, config: TrainConfig, augment_in_loader: bool
     for batch in train_loader(config, source, pin_memory=pin, augment=augment_in_loader):
         if device is not None:
             batch = batch.to(device, non_blocking=True).augment(spec.augment, source.bound, params)
+        batch.release()  # without a device: what the pin thread does once it has copied the batch out
         yield batch
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from actrec.data_manifests.manifest import read_manifest
 from actrec.errors import DeviceError
 from actrec.training.augment import (AugmentParams, Box, draw_tsn, draw_variation, flow_to_units, tsn_augment,
                                      variation_augment)
-from actrec.training.batch import LoadedClip, collate_clips
+from actrec.training.batch import BatchBuffers, LoadedClip, collate_clips
 from actrec.training.batch_augment import TOLERANCE, tsn_batch, variation_batch
 from actrec.training.config import resolve_config
 from actrec.training.datasets import ClipSource
@@ -127,23 +128,29 @@ def data(tmp_path_factory):
 @pytest.mark.parametrize("model", PIPELINES)
 def test_the_loader_and_the_device_make_the_same_batches_with_any_number_of_workers(data, model):
     """Augmented in the loader (--augment-on cpu) or after it (the device path, run on the CPU here), in 0 or 2
-    worker processes (shared-memory batches): the same tensors."""
+    worker processes, the loader's buffers released as each batch comes (and reused) or all held to the end (and
+    never overwritten): the same tensors."""
     rows = read_manifest(data.manifest, ["train"])
     source = ClipSource(data.frames, data.flow, rows, 3)
-    config = resolve_config(model, overrides=fx.tiny_overrides(data, model, iterations=3))
-    spec_batches = {}
-    for workers in (0, 2):
-        for augment in (True, False):
-            loader = train_loader(replace(config, workers=workers), source, augment=augment)
-            spec_batches[workers, augment] = [b if augment else b.augment(*_device_augment(model, source, config))
-                                              for b in loader]
-    reference = spec_batches[0, True]
-    assert len(reference) == 3 and all(b.augmented for b in reference)
+    config = resolve_config(model, overrides=fx.tiny_overrides(data, model, iterations=16))
+    augment = _device_augment(model, source, config)
+    reference = list(train_loader(config, source))
+    assert len(reference) == 16 and all(b.augmented for b in reference)
     assert reference[0].rgb.shape == (4, 2 if model == "stilt" else 1, 3, 32, 32)
-    for batches in spec_batches.values():
-        for got, want in zip(batches, reference):
-            assert torch.equal(got.rgb, want.rgb) and torch.equal(got.flow, want.flow)
-            assert torch.equal(got.labels, want.labels)
+    for workers in (0, 2):
+        loader = partial(train_loader, replace(config, workers=workers), source)
+        slots, released = [], []
+        for batch in loader(augment=False):
+            slots.append(batch.slot)
+            released.append(batch.augment(*augment))  # frees the buffers for the next batches
+        held = list(loader(augment=False))  # all held until the loader is done
+        assert all(slot is not None for slot in slots) and len(set(slots)) < len(slots)  # buffers were reused
+        if workers:
+            assert any(batch.slot is None for batch in held)  # no free buffer: fresh ones, none overwritten
+        for batches in (list(loader(augment=True)), released, [batch.augment(*augment) for batch in held]):
+            for got, want in zip(batches, reference, strict=True):
+                assert torch.equal(got.rgb, want.rgb) and torch.equal(got.flow, want.flow)
+                assert torch.equal(got.labels, want.labels)
 
 
 def _device_augment(model: str, source: ClipSource, config) -> tuple:
@@ -170,7 +177,8 @@ def test_flow_units_are_the_same_from_any_layout():
 def test_a_batch_on_the_gpu_matches_the_cpu(model):
     params = AugmentParams(crop=32, resize=40)
     clips = _clips(model, params, 8, np.uint8)
-    batch = collate_clips([_loaded(model, rgb, flow, params, rng) for rgb, flow, rng in clips], pin=True)
+    batch = collate_clips([_loaded(model, rgb, flow, params, rng) for rgb, flow, rng in clips],
+                          BatchBuffers(0, 1, pin=True))
     assert batch.rgb.is_pinned()
     cpu = batch.augment(PIPELINES[model][1], 20.0, params)
     gpu = batch.to(torch.device("cuda"), non_blocking=True).augment(PIPELINES[model][1], 20.0, params)

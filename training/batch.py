@@ -81,6 +81,8 @@ class ClipBatch:
     draws: list[ClipDraw] = field(default_factory=list)
     bad: list[BadSample] = field(default_factory=list)
     augmented: bool = False
+    slot: tuple[int, int] | None = None  # the loader buffers holding the data (``BatchBuffers``), until released
+    in_use: Tensor | None = None  # the loader's table of buffers in use
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -96,13 +98,25 @@ class ClipBatch:
             rgb_at, flow_at = rgb_at + rgb_size, flow_at + flow_size
 
     def pin_memory(self) -> "ClipBatch":
-        """The batch in pinned memory (called by the DataLoader's pin thread); pinned tensors stay as they are."""
-        return replace(self, **{name: tensor if tensor.is_pinned() else tensor.pin_memory()
-                                for name, tensor in self.tensors().items()})
+        """The batch in pinned memory (called by the DataLoader's pin thread); pinned tensors stay as they are.
+        The loader's buffers are released: the data has been copied out."""
+        pinned = replace(self, slot=None, in_use=None, **{name: tensor if tensor.is_pinned() else tensor.pin_memory()
+                                                          for name, tensor in self.tensors().items()})
+        self.release()
+        return pinned
 
     def to(self, device: torch.device, non_blocking: bool = False) -> "ClipBatch":
-        return replace(self, **{name: tensor.to(device, non_blocking=non_blocking)
-                                for name, tensor in self.tensors().items()})
+        """The batch on ``device``; the loader's buffers, if any, are released by the returned batch."""
+        moved = replace(self, **{name: tensor.to(device, non_blocking=non_blocking)
+                                 for name, tensor in self.tensors().items()})
+        self.slot = None  # released once, by ``moved``
+        return moved
+
+    def release(self) -> None:
+        """Give the loader's buffers back for another batch (once the data has been copied out of them)."""
+        if self.slot is not None and self.in_use is not None:
+            self.in_use[self.slot] = 0
+        self.slot = None
 
     def tensors(self) -> dict[str, Tensor]:
         return {"rgb": self.rgb, "flow": self.flow, "labels": self.labels}
@@ -112,11 +126,50 @@ class ClipBatch:
         if self.augmented or not len(self):
             return self
         rgb, flow = augment(self, bound, params)
-        return replace(self, rgb=rgb, flow=flow, augmented=True)
+        self.release()
+        return replace(self, rgb=rgb, flow=flow, augmented=True, slot=None, in_use=None)
 
 
-def collate_clips(items: Sequence[LoadedClip | BadSample], pin: bool = False) -> ClipBatch:
-    """One uint8 batch of the readable clips (``pin``: in pinned memory, for a CUDA run without workers)."""
+class BatchBuffers:
+    """The flat batch buffers of a loader process, reused from batch to batch: ``collate_clips`` writes into them.
+
+    Fresh memory costs a page fault per 4 KB on first touch, about two thirds of a collate's time (25 MB per 8
+    STILT clips). Each process keeps ``slots`` buffer pairs (RGB, flow), and a table shared with the main process
+    says which are in use: a loader process takes a free one and sends the batch in it (shared memory from a worker
+    process, which the DataLoader passes without a copy); the main process frees it once the data has been copied
+    out (``ClipBatch.release``: by the pin thread after pinning, or after the augmentation). With every slot in use
+    (batches held longer) a fresh buffer is allocated, so a buffer in use is never written. ``pin``: fresh pinned
+    buffers instead (a CUDA run without workers; PyTorch's caching host allocator reuses them once their copies to
+    the device are done)."""
+
+    def __init__(self, workers: int, slots: int, pin: bool = False) -> None:
+        self.in_use = torch.zeros(max(workers, 1), slots, dtype=torch.uint8)
+        if workers:
+            self.in_use.share_memory_()  # before the workers start: they and the main process share it
+        self.pin = pin
+        self._slots: list[tuple[Tensor, Tensor] | None] = [None] * slots  # this process's buffers
+
+    def take(self, rgb_numel: int, flow_numel: int, flow_dtype: torch.dtype) -> tuple[Tensor, Tensor,
+                                                                                        tuple[int, int] | None]:
+        """Flat RGB (uint8) and flow buffers of these sizes and the slot they hold (None: fresh, not reused)."""
+        worker = get_worker_info()
+        if self.pin:
+            return fresh_tensor(rgb_numel, torch.uint8, True), fresh_tensor(flow_numel, flow_dtype, True), None
+        row = worker.id if worker is not None else 0
+        free = [s for s in range(len(self._slots)) if not self.in_use[row, s]]
+        if not free:
+            return fresh_tensor(rgb_numel, torch.uint8), fresh_tensor(flow_numel, flow_dtype), None
+        slot = free[0]
+        held = self._slots[slot]
+        if held is None or held[0].numel() < rgb_numel or held[1].numel() < flow_numel or held[1].dtype != flow_dtype:
+            held = self._slots[slot] = (fresh_tensor(rgb_numel * 3 // 2, torch.uint8),  # room for larger crops
+                                        fresh_tensor(flow_numel * 3 // 2, flow_dtype))
+        self.in_use[row, slot] = 1
+        return held[0][:rgb_numel], held[1][:flow_numel], (row, slot)
+
+
+def collate_clips(items: Sequence[LoadedClip | BadSample], buffers: "BatchBuffers | None" = None) -> ClipBatch:
+    """One uint8 batch of the readable clips, in ``buffers`` (fresh ones when None)."""
     clips = [item for item in items if isinstance(item, LoadedClip)]
     bad = [item for item in items if isinstance(item, BadSample)]
     labels = torch.tensor([clip.label for clip in clips], dtype=torch.int64)
@@ -129,9 +182,13 @@ def collate_clips(items: Sequence[LoadedClip | BadSample], pin: bool = False) ->
     frames, length = len(clips[0].rgb), len(clips[0].stacks[0])
     pixels = frames * sum(h * w * len(members) for (h, w), members in by_size.items())
     flow_dtype = torch.from_numpy(clips[0].stacks[0][:0]).dtype  # uint8 codes or float16 pixels, as stored
-    batch = ClipBatch(_batch_tensor(pixels * 3, torch.uint8, pin), _batch_tensor(pixels * length * 2, flow_dtype, pin),
-                      labels, frames, length, [ClipGroup(tuple(m), h, w) for (h, w), m in by_size.items()],
-                      [clip.draw for clip in clips], bad)
+    if buffers is None:
+        rgb, flow, slot = fresh_tensor(pixels * 3, torch.uint8), fresh_tensor(pixels * length * 2, flow_dtype), None
+    else:
+        rgb, flow, slot = buffers.take(pixels * 3, pixels * length * 2, flow_dtype)
+    batch = ClipBatch(rgb, flow, labels, frames, length, [ClipGroup(tuple(m), h, w) for (h, w), m in by_size.items()],
+                      [clip.draw for clip in clips], bad, slot=slot,
+                      in_use=buffers.in_use if buffers is not None and slot is not None else None)
     for group, rgb, flow in batch.group_views():
         rgb_np, flow_np = rgb.numpy(), flow.numpy()
         for slot, b in enumerate(group.members):
@@ -141,9 +198,9 @@ def collate_clips(items: Sequence[LoadedClip | BadSample], pin: bool = False) ->
     return batch
 
 
-def _batch_tensor(numel: int, dtype: torch.dtype, pin: bool) -> Tensor:
-    """An uninitialised flat batch buffer where it will travel: shared memory in a DataLoader worker, pinned memory
-    if asked, else ordinary memory."""
+def fresh_tensor(numel: int, dtype: torch.dtype, pin: bool = False) -> Tensor:
+    """An uninitialised flat buffer where a batch travels: shared memory in a DataLoader worker, pinned memory if
+    asked, else ordinary memory."""
     if get_worker_info() is not None:
         storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(numel)  # as default_collate does
         return torch.empty(0, dtype=dtype).new(storage)

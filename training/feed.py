@@ -24,11 +24,13 @@ from torch.utils.data import DataLoader
 from actrec.errors import DeviceError, StoreError
 from actrec.training.augment import AugmentParams
 from actrec.training.bad_samples import BadSampleLedger, listing_path
-from actrec.training.batch import BadSample, BatchAugment, ClipBatch, LoadedClip, collate_clips
+from actrec.training.batch import BadSample, BatchAugment, BatchBuffers, ClipBatch, LoadedClip, collate_clips
 from actrec.training.config import TrainConfig
 from actrec.training.datasets import ClipSource, TrainClips
 from actrec.training.distributed import DistContext, StreamBatchSampler, quiet_worker
 from actrec.training.models import MODEL_SPECS
+
+PREFETCH = 4  # batches each loader worker prepares ahead
 
 
 def augment_params(config: TrainConfig) -> AugmentParams:
@@ -47,15 +49,16 @@ def augment_in_loader(augment_on: str, device: torch.device) -> bool:
 
 @dataclass(frozen=True)
 class LoaderCollate:
-    """The DataLoader's collate function: one uint8 ``ClipBatch``, augmented here if ``augment`` is given."""
+    """The DataLoader's collate function: one uint8 ``ClipBatch`` in the loader's reused buffers, augmented here if
+    ``augment`` is given."""
 
     augment: BatchAugment | None
     bound: float
     params: AugmentParams
-    pin: bool = False
+    buffers: BatchBuffers
 
     def __call__(self, items: list[LoadedClip | BadSample]) -> ClipBatch:
-        batch = collate_clips(items, pin=self.pin)
+        batch = collate_clips(items, self.buffers)
         return batch.augment(self.augment, self.bound, self.params) if self.augment is not None else batch
 
 
@@ -68,11 +71,11 @@ def train_loader(config: TrainConfig, source: ClipSource, *, rank: int = 0, worl
     dataset = TrainClips(source, config.segments, spec.draw, params, config.seed)
     sampler = StreamBatchSampler(len(source), config.batch_size, config.seed, rank=rank, world_size=world_size,
                                  accumulate=config.accumulate, start=start, stop=config.iterations)
-    collate = LoaderCollate(spec.augment if augment else None, source.bound, params,
-                            pin=pin_memory and not augment and not config.workers)
+    prefetch = PREFETCH if config.workers else None
+    buffers = BatchBuffers(config.workers, (prefetch or 0) + 2, pin=pin_memory and not augment and not config.workers)
+    collate = LoaderCollate(spec.augment if augment else None, source.bound, params, buffers)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=config.workers, collate_fn=collate,
-                      pin_memory=pin_memory, worker_init_fn=quiet_worker,
-                      prefetch_factor=4 if config.workers else None,
+                      pin_memory=pin_memory, worker_init_fn=quiet_worker, prefetch_factor=prefetch,
                       generator=torch.Generator())  # its own generator: starting it leaves the global one alone
 
 
