@@ -7,8 +7,11 @@ on three of these clips TV-L1 flows compress to 21-41 KB and Farneback's to 14-5
 ``export_rawframes`` writes the same frames and flows as mmaction2 folders (``img_00001.jpg``, ``flow_x_00001.jpg``,
 ``flow_y_00001.jpg``, JPEG quality 95), the reference's input.
 
-- **Ours**: ``actrec.training.trainer.train_loader``, the training DataLoader of ``actrec train``, with the recipe's
-  sampling and augmentation; the batch as it reaches the model.
+- **Ours**: ``actrec.training.feed.train_loader``, the training DataLoader of ``actrec train``, with the recipe's
+  sampling and augmentation, as ``--augment-on gpu`` runs it: the loader's uint8 batches, then (with CUDA) their
+  copy to the GPU and the batch augmentation there, the batch as it reaches the model. Without a GPU the timing
+  stops at the loader's batches, what the GPU would receive (the augmentation costs the GPU, not a loader core).
+  Also timed: ``--augment-on cpu``, the same augmentation in the loader processes.
 - **Reference**: the same sampling and the same random draws (crop boxes, flips, angles, erased boxes) on the
   rawframe folders, written as mmaction2's default CPU pipeline does it (SampleFrames, RawFrameDecode,
   MultiScaleCrop, Resize, Flip, Normalize, FormatShape): ``cv2.imdecode`` of each file, the crop as a uint8 view,
@@ -18,9 +21,11 @@ on three of these clips TV-L1 flows compress to 21-41 KB and Farneback's to 14-5
 STILT: 3 segments of 1 RGB frame + 10 flows, 224 crops (TSN multi-scale crop), batch 8. CoT-LSTM: 1 RGB frame + 10
 flows, resize to 256x256, rotation, erasing, 224 crop, flip, batch 8. Each pipeline is timed with 1 and 2 loader
 worker processes, alternately, several rounds (the best round counts: on a shared machine the other load only
-slows a round down); per core = clips/s / workers.
+slows a round down); per core = clips/s / workers. The JSON's headline figures are those of the first worker count
+(one worker: one loader core); the GPU consumption estimate gives the loader cores an H100 needs at our rate.
 
     python benchmarks/bench_loader.py --json loader.json
+    python benchmarks/bench_loader.py --codec lz4          # our flow store re-encoded with another codec
     python benchmarks/bench_loader.py --profile stilt      # cProfile of our STILT loader in one process
 """
 
