@@ -24,11 +24,14 @@ MODELS = ("stilt", "cotlstm")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine")
+AUGMENT_PLACES = ("auto", "cpu", "gpu")  # where the batch augmentation runs; auto: on the GPU when training on one
+BAD_SAMPLE_POLICIES = ("skip", "fail")
 # The from-scratch recipe (``--reduced`` runs and the demo): the papers' SGD at lr 1e-3 is made for ImageNet-initialised
 # backbones and hardly moves random weights in a short budget; AdamW with warmup and cosine decay does.
 FROM_SCRATCH = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "schedule": "cosine", "warmup_iters": 20}
 # Fields that may change when a run is resumed: they do not change what is computed, only how or how long.
-RESUMABLE_FIELDS = ("iterations", "workers", "cache_mb", "checkpoint_every", "log_every")
+RESUMABLE_FIELDS = ("iterations", "workers", "cache_mb", "checkpoint_every", "log_every", "augment_on",
+                    "on_bad_sample", "bad_sample_budget")
 CONFIG_FILE = "config.json"  # in the run folder, beside the checkpoints
 # The data paths of a run, with what each names; saved absolute and resolved, so a run folder works from anywhere.
 PATH_FIELDS = {"manifest": "manifest", "frames": "frame store", "flow": "flow store"}
@@ -76,6 +79,9 @@ class TrainConfig:
     # runtime (may change on --resume)
     workers: int = 4  # DataLoader worker processes per training process
     cache_mb: int = 0  # decoded videos kept in memory per loader process (small datasets, many epochs); 0: off
+    augment_on: str = "auto"  # batch augmentation: "gpu" (the training GPU), "cpu" (the loader processes), "auto"
+    on_bad_sample: str = "skip"  # a clip that cannot be read: "skip" it (listed, counted, within the budget) or "fail"
+    bad_sample_budget: float = 0.001  # skipping more than this fraction of the clips seen (and over 10) is fatal
     checkpoint_every: int = 1000  # iterations between checkpoints (one also on SIGTERM/SIGINT and at the end)
     log_every: int = 10  # iterations between metrics.csv rows and progress updates
 
@@ -202,6 +208,9 @@ def validate_config(config: TrainConfig, world_size: int = 1) -> None:
          "frames, flow and manifest must be set (options --frames, --flow, --manifest or the config file)"),
         (config.model in MODELS, f"model must be one of {', '.join(MODELS)}"),
         (config.amp in AMP_MODES, f"amp must be one of {', '.join(AMP_MODES)}"),
+        (config.augment_on in AUGMENT_PLACES, f"augment_on must be one of {', '.join(AUGMENT_PLACES)}"),
+        (config.on_bad_sample in BAD_SAMPLE_POLICIES, f"on_bad_sample must be one of {', '.join(BAD_SAMPLE_POLICIES)}"),
+        (0 <= config.bad_sample_budget < 1, "bad_sample_budget must be in [0, 1)"),
         (config.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
         (config.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
         (config.model != "cotlstm" or config.segments == 1, "CoT-LSTM takes one RGB frame per clip: segments=1"),

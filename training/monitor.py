@@ -43,10 +43,11 @@ class MetricsRow:
     clips_per_s: float
     data_wait: float
     elapsed_s: float
+    bad_samples: int = 0  # unreadable training clips skipped so far (train --on-bad-sample skip)
 
     def cells(self) -> list[str]:
         return [str(self.iteration), f"{self.loss:.6g}", f"{self.lr:.6g}", f"{self.clips_per_s:.2f}",
-                f"{self.data_wait:.3f}", f"{self.elapsed_s:.1f}"]
+                f"{self.data_wait:.3f}", f"{self.elapsed_s:.1f}", str(self.bad_samples)]
 
 
 METRIC_COLUMNS = tuple(MetricsRow.__dataclass_fields__)
@@ -157,7 +158,8 @@ def read_metrics(path: Path) -> list[MetricsRow]:
     if not path.exists():
         return []
     with path.open(newline="", encoding="utf-8") as f:
-        return [MetricsRow(int(r["iteration"]), *(float(r[c]) for c in METRIC_COLUMNS[1:])) for r in csv.DictReader(f)]
+        return [MetricsRow(int(r["iteration"]), *(float(r[c]) for c in METRIC_COLUMNS[1:-1]),
+                           int(r.get("bad_samples") or 0)) for r in csv.DictReader(f)]  # absent before issue 29
 
 
 def truncate_metrics(path: Path, iteration: int) -> list[MetricsRow]:

@@ -2,11 +2,13 @@
 
 Run folder: ``config.json`` (the resolved TrainConfig), ``checkpoint.pt`` (written every ``checkpoint_every``
 iterations, on SIGTERM/SIGINT and at the end; see ``actrec.training.checkpoint``), and every ``log_every``
-iterations a row of ``metrics.csv`` (iteration, loss, lr, clips_per_s, data_wait, elapsed_s) with the same values
-in ``tensorboard/`` when TensorBoard is installed, and ``loss.png`` at the end (``actrec.training.monitor``).
-``loss`` is the iteration's mean training loss over the global batch; ``data_wait`` the fraction of the logged
-iterations' time spent waiting for the DataLoader. Under DDP the loss is averaged over the processes on log
-iterations only (the iteration's one host synchronisation), when a stop request is also shared.
+iterations a row of ``metrics.csv`` (iteration, loss, lr, clips_per_s, data_wait, elapsed_s, bad_samples) with the
+same values in ``tensorboard/`` when TensorBoard is installed, and ``loss.png`` at the end
+(``actrec.training.monitor``); ``bad_samples.csv`` lists the unreadable clips skipped (``bad_samples.py``).
+``loss`` is the iteration's mean training loss over the global batch (its readable clips); ``data_wait`` the
+fraction of the logged iterations' time spent waiting for the input (``feed.py``: loader and batch augmentation).
+Under DDP the loss is averaged over the processes on log iterations only (the iteration's one host
+synchronisation), when a stop request is also shared.
 
 Exact resume: model, optimizer, LR schedule, GradScaler and every generator (Python, NumPy, torch, CUDA) are
 restored, and the data order and each clip's augmentation are functions of the iteration (``distributed.py``), so on
@@ -28,20 +30,18 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from actrec.data_manifests.manifest import class_names, read_manifest
 from actrec.errors import DeviceError, InputError, OutputError
 from actrec.models.pretrained import resolve_weights
-from actrec.training.augment import AugmentParams
 from actrec.training.checkpoint import (capture_rng, check_room, load_checkpoint, recover_partial_writes, restore_rng,
                                         save_checkpoint)
 from actrec.training.config import (CONFIG_FILE, TrainConfig, absolute_paths, apply_overrides, check_resume,
                                     config_to_dict, config_warnings, run_config, save_config, validate_config)
-from actrec.training.datasets import ClipSource, TrainClips
-from actrec.training.distributed import (DistContext, StreamBatchSampler, close_distributed, gather_objects,
-                                         init_distributed, log_across, quiet_worker, worker_batches)
+from actrec.training.datasets import ClipSource
+from actrec.training.distributed import DistContext, close_distributed, gather_objects, init_distributed, log_across
+from actrec.training.feed import TrainFeed
 from actrec.training.models import MODEL_SPECS, build_model, load_backbones, to_channels_last
 from actrec.training.monitor import MetricsRow, RunMonitor, closed_on_error
 from actrec.training.optim import build_optimizer, build_scheduler
@@ -65,6 +65,7 @@ class TrainSummary:
     data_wait: float
     rank: int = 0  # the process that made this summary (the CLI prints rank 0's)
     interrupted: bool = False
+    skipped: int = 0  # unreadable training clips skipped (--on-bad-sample skip), by all processes
 
     def line(self) -> str:
         rate = self.clips / self.elapsed if self.elapsed > 0 else 0.0
@@ -74,6 +75,8 @@ class TrainSummary:
         text = (f"train: iterations {self.start_iteration} -> {self.iteration}, {loss}, "
                 f"{rate:.1f} clips/s, data wait {100 * self.data_wait:.0f}%, {self.elapsed:.1f} s; "
                 f"checkpoint {self.run_dir / CHECKPOINT}")
+        if self.skipped:
+            text += f"; {self.skipped} unreadable clips skipped (listed in {self.run_dir / 'bad_samples.csv'})"
         if self.interrupted:
             text += "; interrupted: continue with --resume"
         return text
@@ -226,10 +229,9 @@ class _Run:
         window = _Window()
         start = self._started = time.perf_counter()
         self.model.train()
-        loader = train_loader(config, self.source, rank=ctx.rank, world_size=ctx.world_size, start=self.iteration,
-                              pin_memory=ctx.device.type == "cuda")
+        self.feed = TrainFeed(config, self.source, ctx, self.iteration, self.run_dir, self.log)
         # on an error: the workers are stopped, the bar closed and the events flushed, and the error propagates
-        with closed_on_error(bar, self.monitor), _StopSignals() as stop, worker_batches(loader) as batches:
+        with closed_on_error(bar, self.monitor), _StopSignals() as stop, self.feed as batches:
             while self.iteration < config.iterations:
                 loss, lr = self._step(batches, window)
                 self.iteration += 1
@@ -253,6 +255,7 @@ class _Run:
         if self.monitor is not None:
             self.monitor.close()  # TensorBoard events flushed, loss.png drawn
         summary.iteration = self.iteration
+        summary.skipped = self.feed.skipped()
         summary.elapsed = time.perf_counter() - start
         summary.data_wait = window.total_wait / max(summary.elapsed, 1e-9)
         return summary
@@ -262,20 +265,25 @@ class _Run:
         config, device = self.config, self.ctx.device
         lr = self.optimizer.param_groups[0]["lr"]
         total = torch.zeros((), device=device)
+        trained = False
         for micro in range(config.accumulate):
             waited = time.perf_counter()
-            rgb, flow, labels = next(batches)
+            batch = next(batches)  # on the device, augmented
             window.wait(time.perf_counter() - waited)
-            rgb, flow = (t.to(device, non_blocking=True) for t in self.spec.inputs(rgb, flow))
-            labels = labels.to(device, non_blocking=True)
+            if batch is None:  # every clip of this micro-batch was unreadable and skipped
+                continue
+            rgb, flow = self.spec.inputs(batch[0], batch[1])
+            labels = batch[2]
             last = micro == config.accumulate - 1
             no_sync = isinstance(self.net, DistributedDataParallel) and not last  # all-reduce on the last only
             with self.net.no_sync() if no_sync else contextlib.nullcontext(), autocast(device, self.amp):
                 loss = self.spec.loss(self.net(rgb, flow), labels) / config.accumulate
             self.scaler.scale(loss).backward()
             total += loss.detach().float()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+            trained = True
+        if trained:  # else every clip of the iteration was skipped: no gradient to step with
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         window.step()
@@ -287,9 +295,10 @@ class _Run:
 
     def _log_metrics(self, loss: float, lr: float, window: "_Window", elapsed: float, bar: tqdm) -> None:
         clips_per_s, wait = window.read(self.config.batch_size)
+        skipped = self.feed.skipped()  # every process takes part under DDP
         if self.monitor is None:
             return
-        self.monitor.log(MetricsRow(self.iteration, loss, lr, clips_per_s, wait, elapsed))
+        self.monitor.log(MetricsRow(self.iteration, loss, lr, clips_per_s, wait, elapsed, skipped))
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2g}", clips_s=f"{clips_per_s:.1f}", wait=f"{100 * wait:.0f}%")
 
     def _save(self) -> None:
@@ -315,20 +324,6 @@ class _Run:
                     else f"the checkpoint of iteration {self.saved_iteration} is kept: continue from it with --resume")
             raise OutputError(f"{exc}; {kept}") from None
         self.saved_iteration = self.iteration
-
-
-def train_loader(config: TrainConfig, source: ClipSource, *, rank: int = 0, world_size: int = 1, start: int = 0,
-                 pin_memory: bool = False) -> DataLoader:
-    """This process's micro-batches (RGB, flow, labels) for iterations ``start`` .. ``config.iterations`` - 1."""
-    params = AugmentParams(crop=config.crop, resize=config.resize, scales=config.scales,
-                           max_distort=config.max_distort, rotation=config.rotation, erase_prob=config.erase_prob,
-                           flip=config.flip)
-    dataset = TrainClips(source, config.segments, MODEL_SPECS[config.model].augment, params, config.seed)
-    sampler = StreamBatchSampler(len(source), config.batch_size, config.seed, rank=rank, world_size=world_size,
-                                 accumulate=config.accumulate, start=start, stop=config.iterations)
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=config.workers, pin_memory=pin_memory,
-                      worker_init_fn=quiet_worker, prefetch_factor=4 if config.workers else None,
-                      generator=torch.Generator())  # its own generator: starting it leaves the global one alone
 
 
 def _check_training_rows(config: TrainConfig, rows: list) -> None:
