@@ -26,3 +26,25 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def videos_dir(shared_data: Path) -> Path:
     return shared_data / "videos"
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path):
+    """An empty folder on a read-only file system: a tmpfs mounted read-only (chmod does not stop root). Needs
+    root and a container that allows mounts; otherwise the test is skipped and says why."""
+    import subprocess
+
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    try:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)],
+                                 capture_output=True, text=True)
+    except FileNotFoundError:
+        pytest.skip("no mount command on this machine: cannot make a read-only file system")
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here (needs root and a container that allows it): "
+                    f"{mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
