@@ -106,9 +106,10 @@ def predict_videos(videos: Sequence[str | Path], checkpoint: str | Path, *, fusi
                               workers=0, gpu=gpu)
         result = evaluate(checkpoint, work / "scores.npz", options, progress=False, log=lambda _: None)
     scores = result.scores
+    failures += result.failures
     probabilities = apply_fusion(load_fusion(fusion), scores) if fusion else scores.model_fused
-    predictions = [Prediction(inputs[row.video_id], names, probs)
-                   for row, (names, probs) in zip(good, top_k(probabilities, scores.class_names, k))]
+    predictions = [Prediction(inputs[video_id], names, probs)
+                   for video_id, (names, probs) in zip(scores.video_ids, top_k(probabilities, scores.class_names, k))]
     return PredictRun(predictions, failures)
 
 
