@@ -39,7 +39,7 @@ import numpy as np
 
 from actrec.errors import StoreError
 from actrec.pipeline.diskspace import check_free_space, is_disk_full, store_io_error
-from actrec.pipeline.store_checks import CRC_ATTR, array_checksum_options, crc32_of
+from actrec.pipeline.store_checks import CRC_ATTR, HDF5_ERRORS, array_checksum_options, crc32_of, one_line
 
 FORMAT_VERSION = 1
 META_FILE = "actrec_store.json"
@@ -240,8 +240,8 @@ def list_shard(path: Path) -> list[str]:
     with open_read(path) as f:
         try:
             return list(f[VIDEOS].keys())
-        except (KeyError, OSError, RuntimeError, ValueError) as exc:
-            raise StoreError(f"{path}: shard cannot be read ({' '.join(str(exc).split())})") from None
+        except HDF5_ERRORS as exc:
+            raise StoreError(f"{path}: shard cannot be read ({one_line(exc)})") from None
 
 
 def open_read(path: Path) -> h5py.File:
@@ -249,13 +249,13 @@ def open_read(path: Path) -> h5py.File:
     system has none), so that a plain ``h5py.File(path, "r")`` of the same file in the same process is compatible."""
     try:
         f = h5py.File(path, "r", **CHUNK_CACHE)
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise StoreError(f"{path}: shard cannot be opened ({' '.join(str(exc).split())})") from None
+    except HDF5_ERRORS as exc:
+        raise StoreError(f"{path}: shard cannot be opened ({one_line(exc)})") from None
     try:
         version = f.attrs.get("format_version")
-    except (KeyError, OSError, RuntimeError, ValueError) as exc:
+    except HDF5_ERRORS as exc:
         f.close()
-        raise StoreError(f"{path}: shard cannot be read ({' '.join(str(exc).split())})") from None
+        raise StoreError(f"{path}: shard cannot be read ({one_line(exc)})") from None
     try:
         _check_version(path, version)
     except StoreError:
@@ -334,16 +334,10 @@ def _rewrite_shard(layout: StoreLayout, shard: int, parts: dict[str, Path], drop
 def _readable_shard(path: Path) -> tuple[h5py.File | None, list[str]]:
     """A sealed shard to merge into its new version, and its video ids; (None, []) when there is none or it cannot
     be read (its videos were done again: ``finished_videos`` counted none of them)."""
-    if not path.exists():
-        return None, []
     try:
-        f = open_read(path)
+        ids = list_shard(path)
+        return (open_read(path) if path.exists() else None), ids
     except StoreError:
-        return None, []
-    try:
-        return f, list(f[VIDEOS].keys())
-    except (KeyError, OSError, RuntimeError, ValueError):
-        f.close()
         return None, []
 
 
@@ -353,7 +347,7 @@ def _copy_group(src: h5py.File, video_id: str, out: h5py.File) -> bool:
     try:
         out.copy(src[VIDEOS][video_id], out[VIDEOS], name=video_id)
         return True
-    except (KeyError, OSError, RuntimeError, ValueError) as exc:
+    except HDF5_ERRORS as exc:
         if isinstance(exc, OSError) and is_disk_full(exc):
             raise
         if video_id in out[VIDEOS]:

@@ -27,7 +27,7 @@ import numpy as np
 from actrec.errors import StoreReadError
 
 CRC_ATTR = "crc32"
-_HDF5_ERRORS = (OSError, KeyError, RuntimeError, ValueError)  # what h5py raises for damaged files
+HDF5_ERRORS = (OSError, KeyError, RuntimeError, ValueError)  # what h5py raises for damaged files
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,8 @@ def damage_named(place: EntryPlace) -> Iterator[None]:
         yield
     except StoreReadError:
         raise
-    except _HDF5_ERRORS as exc:
-        raise place.error(None, f"cannot be read ({_reason(exc)}): the shard is damaged") from None
+    except HDF5_ERRORS as exc:
+        raise place.error(None, f"cannot be read ({one_line(exc)}): the shard is damaged") from None
 
 
 def is_vlen(dtype: np.dtype) -> bool:
@@ -91,7 +91,7 @@ def read_vlen(dset: h5py.Dataset, indices: Sequence[int] | None, place: EntryPla
         raise place.error(None, f"{len(stored)} checksums for {dset.shape[0]} entries: the shard is damaged")
     try:
         items = list(dset[()]) if indices is None else [dset[i] for i in idx]
-    except _HDF5_ERRORS:
+    except HDF5_ERRORS:
         items = [_entry(dset, i, place) for i in idx]  # names the first entry that cannot be read
     if stored is not None:
         for i, item in zip(idx, items):
@@ -107,7 +107,7 @@ def read_rows(dset: h5py.Dataset, start: int, stop: int, place: EntryPlace) -> n
     decompresses them. On a failure the first bad entry is found and named."""
     try:
         return dset[start:stop]
-    except _HDF5_ERRORS as exc:
+    except HDF5_ERRORS as exc:
         first = str(exc)
     for i in range(start, stop):
         _entry(dset, i, place)
@@ -117,7 +117,7 @@ def read_rows(dset: h5py.Dataset, start: int, stop: int, place: EntryPlace) -> n
 def _entry(dset: h5py.Dataset, index: int, place: EntryPlace) -> Any:
     try:
         return dset[index]
-    except _HDF5_ERRORS as exc:
+    except HDF5_ERRORS as exc:
         problem = _problem(str(exc))
     if dset.fletcher32 and not _chunk_checksum_ok(dset, index):
         problem = "checksum mismatch (Fletcher-32): the shard is damaged"
@@ -125,7 +125,7 @@ def _entry(dset: h5py.Dataset, index: int, place: EntryPlace) -> Any:
 
 
 def _problem(message: str) -> str:
-    return f"cannot be read or decompressed ({_reason(message)}): the shard is damaged"
+    return f"cannot be read or decompressed ({one_line(message)}): the shard is damaged"
 
 
 def _chunk_checksum_ok(dset: h5py.Dataset, index: int) -> bool:
@@ -134,7 +134,7 @@ def _chunk_checksum_ok(dset: h5py.Dataset, index: int) -> bool:
     first = (index - index % dset.chunks[0], *(0,) * (dset.ndim - 1))
     try:
         _, raw = dset.id.read_direct_chunk(first)
-    except _HDF5_ERRORS:
+    except HDF5_ERRORS:
         return False
     return len(raw) >= 4 and fletcher32(raw[:-4]) == int.from_bytes(raw[-4:], "little")
 
@@ -158,6 +158,6 @@ def _fold(value: int) -> int:
     return (value & 0xFFFF) + (value >> 16)
 
 
-def _reason(exc: BaseException | str) -> str:
-    """HDF5's message without h5py's prefixes, on one line."""
+def one_line(exc: BaseException | str) -> str:
+    """An error's message (HDF5's may span lines) on one line."""
     return " ".join(str(exc).split())

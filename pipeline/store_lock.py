@@ -87,8 +87,9 @@ def _record(fd: int, rank: int) -> None:
     """Write who holds a rank lock into its file (read only for the message a second writer gets)."""
     info = {"pid": os.getpid(), "host": socket.gethostname(), "rank": rank,
             "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(info).encode(), 0)
+    with contextlib.suppress(OSError):  # a full disk: the lock holds all the same, the message lacks the pid
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
 
 
 def _describe(path: Path, rank: int) -> str:

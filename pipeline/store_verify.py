@@ -22,9 +22,9 @@ from joblib import Parallel, delayed
 from tqdm import tqdm
 
 from actrec.errors import InputError, StoreError, StoreReadError
-from actrec.pipeline.store import (META_FILE, VIDEOS, StoreLayout, drop_videos, open_read, read_store_meta,
-                                   read_video_list, video_list_path)
-from actrec.pipeline.store_checks import EntryPlace, has_checksums, is_vlen, read_rows, read_vlen
+from actrec.pipeline.store import (META_FILE, VIDEOS, StoreLayout, drop_videos, list_shard, open_read,
+                                   read_store_meta, read_video_list, video_list_path)
+from actrec.pipeline.store_checks import EntryPlace, damage_named, has_checksums, is_vlen, read_rows, read_vlen
 from actrec.pipeline.store_lock import store_lock
 
 ENTRY = {"frames": "frame", "flow": "flow"}
@@ -146,14 +146,11 @@ def check_shard(path: Path, kind: str) -> ShardCheck:
     """Read every entry of every video of one shard, checksums verified."""
     check = ShardCheck(path, nbytes=path.stat().st_size)
     try:
+        check.videos = list_shard(path)
         f = open_read(path)
     except StoreError as exc:
         return _unreadable(check, str(exc))
     with f:
-        try:
-            check.videos = list(f[VIDEOS].keys())
-        except (KeyError, OSError, RuntimeError, ValueError) as exc:
-            return _unreadable(check, f"{path}: shard cannot be read ({' '.join(str(exc).split())})")
         for video_id in check.videos:
             place = EntryPlace(str(path), video_id, ENTRY[kind])
             try:
@@ -172,11 +169,9 @@ def _unreadable(check: ShardCheck, reason: str) -> ShardCheck:
 
 def _check_video(f: h5py.File, place: EntryPlace, kind: str) -> bool:
     """Read every dataset of a video (StoreReadError at the first bad entry); True when all carry checksums."""
-    try:
+    with damage_named(place):
         group = f[VIDEOS][place.video_id]
         datasets = [group[name] for name in group if isinstance(group[name], h5py.Dataset)]
-    except (KeyError, OSError, RuntimeError, ValueError) as exc:
-        raise place.error(None, f"cannot be read ({' '.join(str(exc).split())}): the shard is damaged") from None
     checked = True
     for dset in datasets:
         checked &= has_checksums(dset)
@@ -206,7 +201,8 @@ class RepairResult:
     def line(self, kind: str) -> str:
         writer = "extract-frames" if kind == "frames" else "compute-flow"
         return (f"repair: removed {len(self.removed_shards)} unreadable shards and {self.removed_videos} damaged "
-                f"videos in all; rerun the {writer} command that wrote this store to compute them again")
+                f"videos in all; rerun the command that wrote this store ({writer} or import-rawframes) to compute "
+                "them again")
 
 
 def repair_store(report: VerifyReport, log: Callable[[str], None] = print) -> RepairResult:
@@ -216,11 +212,22 @@ def repair_store(report: VerifyReport, log: Callable[[str], None] = print) -> Re
     result = RepairResult([], 0)
     with store_lock(report.root, log):
         for check in report.shards:
-            if check.unreadable:
+            if check.unreadable and _still_unreadable(check.path):
                 check.path.unlink(missing_ok=True)
                 video_list_path(check.path).unlink(missing_ok=True)
                 result.removed_shards.append(check.path)
-            elif check.bad:
+            elif check.bad and not check.unreadable:
                 drop_videos(layout, int(check.path.stem.rsplit("-", 1)[1]), set(check.bad))
+            else:
+                continue
             result.removed_videos += len(check.bad)
     return result
+
+
+def _still_unreadable(path: Path) -> bool:
+    """Whether a shard found unreadable still is (a writer may have rebuilt it since the check)."""
+    try:
+        list_shard(path)
+    except StoreError:
+        return True
+    return False

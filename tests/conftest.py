@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,21 +31,9 @@ def videos_dir(shared_data: Path) -> Path:
 
 @pytest.fixture
 def read_only_dir(tmp_path: Path):
-    """An empty folder on a read-only file system: a tmpfs mounted read-only (chmod does not stop root). Needs
-    root and a container that allows mounts; otherwise the test is skipped and says why."""
-    import subprocess
+    """An empty folder on a read-only file system: a tmpfs mounted read-only (chmod does not stop root)."""
+    sys.path.insert(0, str(Path(__file__).parent))  # tests/ is not a package: reach the helper module
+    from mounts import tmpfs
 
-    folder = tmp_path / "read_only"
-    folder.mkdir()
-    try:
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)],
-                                 capture_output=True, text=True)
-    except FileNotFoundError:
-        pytest.skip("no mount command on this machine: cannot make a read-only file system")
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here (needs root and a container that allows it): "
-                    f"{mounted.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "read_only", "ro,size=64k", "a read-only tmpfs") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", "--lazy", str(folder)], check=True)

@@ -17,9 +17,8 @@ from click.testing import CliRunner
 from actrec.cli import cli
 from actrec.data_manifests.manifest import ManifestRow, write_manifest
 from actrec.errors import StoreError, StoreReadError
-from actrec.pipeline.decode import ResizeSpec
 from actrec.pipeline.flow import FlowOptions, FlowStore, compute_flow
-from actrec.pipeline.frames import ExtractOptions, FrameStore, extract_frames
+from actrec.pipeline.frames import FrameStore
 from actrec.pipeline.store import META_FILE, VIDEOS, video_list_path
 from actrec.pipeline.store_checks import CRC_ATTR, crc32_of, fletcher32
 from actrec.pipeline.tvl1 import TVL1Params

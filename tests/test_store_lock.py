@@ -80,6 +80,20 @@ def test_a_second_writer_of_a_rank_stops_with_one_line_naming_the_first_and_a_de
     with FrameStore(root) as store:
         assert len(store.video_ids) == len(CLIPS)
 
+    flow = tmp_path / "flow"  # compute-flow takes the same lock
+    flow.mkdir()
+    holder = hold_lock(flow, 0)
+    try:
+        second = subprocess.run(actrec("compute-flow", "--frames", str(root), "--out", str(flow), "--backend",
+                                       "opencv", "--quiet"), capture_output=True, text=True, timeout=300)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert second.returncode == 1 and error_lines(second) == [
+        f"error: {flow}: another process (pid {holder.pid} on host {socket.gethostname()}) is writing rank 0 of "
+        "this store; wait for it to finish, or stop it, before running this again"]
+    assert not list(flow.glob("flow-*.h5")) and not (flow / ".parts").exists()
+
 
 def test_two_extract_frames_runs_at_once_one_works_the_other_stops(job: list[str], tmp_path: Path) -> None:
     root = tmp_path / "frames"
