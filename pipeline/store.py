@@ -39,7 +39,7 @@ import numpy as np
 
 from actrec.errors import StoreError
 from actrec.pipeline.diskspace import check_free_space, is_disk_full, store_io_error
-from actrec.pipeline.store_checks import CRC_ATTR, HDF5_ERRORS, array_checksum_options, crc32_of, one_line
+from actrec.pipeline.store_checks import CRC_ATTR, HDF5_ERRORS, array_checksum_options, count, crc32_of, one_line
 
 FORMAT_VERSION = 1
 META_FILE = "actrec_store.json"
@@ -224,8 +224,8 @@ def finished_videos(layout: StoreLayout, shards: Iterable[int],
             done = set(list_shard(path))
         except StoreError as exc:
             held = read_video_list(path)
-            log(f"warning: {exc}; its {'' if held is None else f'{len(held)} '}videos are written again and the "
-                "shard replaced")
+            log(f"warning: {exc}; its {'videos' if held is None else count(len(held), 'video')} will be written "
+                "again and the shard replaced")
             done = set()
         done.update(p.stem for p in layout.parts_dir(shard).glob("*.h5"))
         out[shard] = done

@@ -159,5 +159,11 @@ def _fold(value: int) -> int:
 
 
 def one_line(exc: BaseException | str) -> str:
-    """An error's message (HDF5's may span lines) on one line."""
-    return " ".join(str(exc).split())
+    """An error's message (HDF5's may span lines) on one line; a KeyError's without its quotes."""
+    text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    return " ".join(str(text).split())
+
+
+def count(n: int, noun: str) -> str:
+    """``1 video``, ``2 videos``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"

@@ -83,7 +83,7 @@ class ShardedReader:
                 try:
                     ids = list_shard(path)
                 except StoreError as exc:
-                    self._broken[path] = str(exc)
+                    self._broken[path] = str(exc).removeprefix(f"{path}: ")
                     listed = read_video_list(path)
                     if listed is None:
                         self._unlisted.add(path)

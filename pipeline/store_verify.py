@@ -24,7 +24,8 @@ from tqdm import tqdm
 from actrec.errors import InputError, StoreError, StoreReadError
 from actrec.pipeline.store import (META_FILE, VIDEOS, StoreLayout, drop_videos, list_shard, open_read,
                                    read_store_meta, read_video_list, video_list_path)
-from actrec.pipeline.store_checks import EntryPlace, damage_named, has_checksums, is_vlen, read_rows, read_vlen
+from actrec.pipeline.store_checks import (EntryPlace, count, damage_named, has_checksums, is_vlen, read_rows,
+                                          read_vlen)
 from actrec.pipeline.store_lock import store_lock
 
 ENTRY = {"frames": "frame", "flow": "flow"}
@@ -66,19 +67,20 @@ class VerifyReport:
         videos = sum(len(s.videos) for s in self.shards)
         unreadable = [s for s in self.shards if s.unreadable]
         nbytes = sum(s.nbytes for s in self.shards)
-        text = (f"verify-store: {self.kind} store {self.root}: {videos} videos in {len(self.shards)} shards, "
-                f"{videos - self.bad_videos} good, {self.bad_videos} bad")
+        text = (f"verify-store: {self.kind} store {self.root}: {count(videos, 'video')} in "
+                f"{count(len(self.shards), 'shard')}, {videos - self.bad_videos} good, {self.bad_videos} bad")
         if unreadable:
-            text += f"; {len(unreadable)} unreadable shards (holding {sum(len(s.bad) for s in unreadable)} of them"
+            text += (f"; {count(len(unreadable), 'unreadable shard')} (holding {sum(len(s.bad) for s in unreadable)} "
+                     "of them")
             unknown = sum(not video_list_path(s.path).exists() for s in unreadable)
-            text += f", and the unknown videos of {unknown} shards without a video list)" if unknown else ")"
+            text += f", and the unknown videos of {count(unknown, 'shard')} without a video list)" if unknown else ")"
         text += f"; {nbytes / 1e6:.1f} MB in {self.elapsed:.1f} s"
         unchecked = sum(s.unchecked for s in self.shards)
         if unchecked:
-            text += (f"; {unchecked} videos were written without checksums (before actrec stored them): only "
-                     "their decompression and decoding were checked")
+            text += (f"; {count(unchecked, 'video')} written without checksums (before actrec stored them): only "
+                     "decompression and decoding were checked")
         if self.parts:
-            text += f"; {self.parts} finished videos wait unsealed in .parts (not checked: rerun the writer)"
+            text += f"; {count(self.parts, 'finished video')} unsealed in .parts (not checked: rerun the writer)"
         return text
 
 
@@ -136,7 +138,7 @@ def _run(paths: list[Path], kind: str, workers: int) -> Iterator[ShardCheck]:
 
 def _problem_lines(check: ShardCheck) -> list[str]:
     if check.unreadable:
-        held = (f"it held {len(check.videos)} videos (from its video list)" if video_list_path(check.path).exists()
+        held = (f"it held {count(len(check.videos), 'video')} (its video list)" if video_list_path(check.path).exists()
                 else "which videos it held is unknown (no video list: written by an earlier actrec)")
         return [f"bad shard: {check.unreadable}; {held}"] + [f"bad: {message}" for message in check.bad.values()]
     return [f"bad: {message}" for message in check.bad.values()]
@@ -200,8 +202,8 @@ class RepairResult:
 
     def line(self, kind: str) -> str:
         writer = "extract-frames" if kind == "frames" else "compute-flow"
-        return (f"repair: removed {len(self.removed_shards)} unreadable shards and {self.removed_videos} damaged "
-                f"videos in all; rerun the command that wrote this store ({writer} or import-rawframes) to compute "
+        return (f"repair: removed {count(len(self.removed_shards), 'unreadable shard')} and "
+                f"{count(self.removed_videos, 'damaged video')} in all; rerun the command that wrote this store ({writer} or import-rawframes) to compute "
                 "them again")
 
 

@@ -191,7 +191,7 @@ def test_stores_written_before_checksums_still_read_and_verify(frames_root: Path
         result = CliRunner().invoke(cli, ["verify-store", str(old), "--quiet"])
         assert result.exit_code == 0, result.output
         assert "3 videos in 3 shards, 3 good, 0 bad" in result.output
-        assert "3 videos were written without checksums" in result.output
+        assert "3 videos written without checksums" in result.output
 
 
 def test_verify_store_lists_damaged_videos_and_repair_lets_the_rerun_redo_only_them(
@@ -263,7 +263,7 @@ def test_repair_removes_an_unreadable_shard_so_that_a_rerun_recomputes_it(frames
     broken = shard_of(store, "tai")
     flip(broken, 50)
     repaired = CliRunner().invoke(cli, ["verify-store", str(store), "--repair", "--quiet"])
-    assert repaired.exit_code == 1 and "removed 1 unreadable shards and 1 damaged videos" in repaired.output
+    assert repaired.exit_code == 1 and "removed 1 unreadable shard and 1 damaged video" in repaired.output
     assert not broken.exists() and not video_list_path(broken).exists()
     with FrameStore(store) as reader:
         assert sorted(reader.video_ids) == ["ava", "eye"] and "tai" not in reader
