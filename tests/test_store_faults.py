@@ -283,3 +283,20 @@ def test_our_fletcher32_is_hdf5s_on_every_stored_chunk(flow_stores: dict[str, Pa
                     for i in range(dset.id.get_num_chunks()):
                         _, raw = dset.id.read_direct_chunk(dset.id.get_chunk_info(i).chunk_offset)
                         assert fletcher32(raw[:-4]) == int.from_bytes(raw[-4:], "little")
+
+
+def test_extract_frames_rerun_rebuilds_a_frame_shard_with_a_damaged_header(frames_root: Path, manifest: Path,
+                                                                           videos_dir: Path, tmp_path: Path) -> None:
+    store = copy_store(frames_root, tmp_path / "frames")
+    broken = shard_of(store, "eye")
+    flip(broken, 50)
+    with FrameStore(store) as reader:
+        with pytest.raises(StoreReadError, match=rf"^{broken}: video 'eye': its shard cannot be opened"):
+            reader.read("eye", [0])
+        np.testing.assert_array_equal(reader.read("ava"), read_all(frames_root)["ava"])
+    rerun = CliRunner().invoke(cli, ["extract-frames", "--manifest", str(manifest), "--video-root", str(videos_dir),
+                                     "--out", str(store), *EXTRACT])
+    assert rerun.exit_code == 0 and "1 done, 2 skipped" in rerun.output, rerun.output
+    assert f"warning: {broken}: shard cannot be read" in rerun.output
+    for video_id, expected in read_all(frames_root).items():
+        np.testing.assert_array_equal(read_all(store)[video_id], expected)
