@@ -14,12 +14,13 @@ from actrec.cli.group import cli
 Examples:
   actrec verify-store frames/
   actrec verify-store flow/ --workers 8
-  actrec verify-store flow/ --repair && actrec compute-flow --frames frames/ --out flow/ --gpu
+  actrec verify-store flow/ --repair; actrec compute-flow --frames frames/ --out flow/ --gpu   # redo what it removed
 \b
 Prints one line per damaged video ("bad: SHARD: video 'ID', flow 17: checksum mismatch ...") and per shard that
-cannot be opened, then a summary; the exit code is 1 when anything is bad. --repair then deletes the unreadable
-shards and rewrites the shards holding damaged videos without them (no writer may be running: it waits for none and
-stops with a message); rerunning the command that wrote the store computes those videos again.""")
+cannot be opened, then a summary; the exit code is 1 when anything is bad (with --repair too: the removed videos
+are missing until the writer's rerun). --repair deletes the unreadable shards and rewrites the shards holding
+damaged videos without them (no writer may be running: it waits for none and stops with a message); rerunning the
+command that wrote the store computes those videos again.""")
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
 @click.option("--repair", is_flag=True,
               help="Remove the unreadable shards and the damaged videos, so that a rerun of the writer redoes them.")
