@@ -7,6 +7,7 @@ Layout of a store folder (frames and flow stores alike; ``KIND`` is ``frames`` o
     KIND-00000.videos.txt ...    each shard's video ids, one per line: what a shard held if it cannot be opened
     .parts/KIND-00007/<id>.h5    finished videos of shards not sealed yet (one file per video)
     failures.rankR.tsv           the last run's failed and partial videos of rank R
+    .lock, .lock.rankR           the writers' advisory locks (``actrec.pipeline.store_lock``)
 
 Inside every HDF5 file (shard or part): root attributes ``actrec_kind`` and ``format_version``, and one group
 ``videos/<video_id>`` per video holding the kind's datasets and the video's attributes. Every entry carries a
