@@ -171,12 +171,14 @@ def test_outputs_are_checked_before_any_video_is_scored(run, tmp_path, monkeypat
     monkeypatch.setattr(evaluate_module._Scorer, "add_video", never)
     classes = ["class_0", "class_1", "class_2"]
     fusions = {"truncated": "not a readable fusion JSON", "classes": "fusion of 4 classes, but the model has 3",
-               "streams": "fusion of streams ['rgb', 'depth']", "early": "early fusion needs the streams' features"}
+               "streams": "fusion of streams ['rgb', 'depth']", "early": "early fusion needs the streams' features",
+               "early_sizes": "early fusion of features of sizes [100, 100], but this model's are [256, 256]"}
     for name, problem in fusions.items():
         path = tmp_path / f"{name}.json"
-        if name == "early":
-            save_fusion(path, EarlyFusion(["rgb", "flow"], classes, [256, 256], np.zeros(512, np.float32),
-                                          np.ones(512, np.float32), np.zeros((3, 512), np.float32),
+        if name.startswith("early"):
+            size = 100 if name == "early_sizes" else 256  # the reduced STILT's heads take 32 x width = 256
+            save_fusion(path, EarlyFusion(["rgb", "flow"], classes, [size, size], np.zeros(2 * size, np.float32),
+                                          np.ones(2 * size, np.float32), np.zeros((3, 2 * size), np.float32),
                                           np.zeros(3, np.float32)))
         else:
             streams = ["rgb", "depth"] if name == "streams" else ["rgb", "flow"]
@@ -185,7 +187,8 @@ def test_outputs_are_checked_before_any_video_is_scored(run, tmp_path, monkeypat
         if name == "truncated":
             path.write_text(path.read_text()[:40])
         with pytest.raises(InputError, match=re.escape(problem)) as caught:
-            evaluate(checkpoint, tmp_path / "s.npz", EvalOptions(fusion=str(path), workers=0), progress=False)
+            evaluate(checkpoint, tmp_path / "s.npz", EvalOptions(fusion=str(path), workers=0,
+                                                                 features=name == "early_sizes"), progress=False)
         assert str(path) in str(caught.value)
 
 
