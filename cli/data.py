@@ -172,11 +172,14 @@ A rerun with the same options skips finished videos. Failed videos are listed in
               help="A video that decodes only partly: keep its frames with a warning, or fail it.")
 @click.option("--videos-per-shard", type=click.IntRange(min=1), default=128, show_default=True,
               help="Videos per HDF5 shard (fixed when the store is created).")
+@click.option("--allow-outside-root", is_flag=True,
+              help="Read manifest paths that leave --video-root (absolute, or climbing out with ..); refused "
+                   "otherwise, as they usually mean a manifest made for another root.")
 @parallel_options
 def extract_frames_cmd(manifest: str | None, video_root: str, out: str, splits: str | None,
                        size: tuple[int, int] | None, short_side: int | None, fps: float | None, encoding: str,
-                       jpeg_qscale: int, partial: str, videos_per_shard: int, workers: int, rank: int | None,
-                       world_size: int | None, quiet: bool) -> None:
+                       jpeg_qscale: int, partial: str, videos_per_shard: int, allow_outside_root: bool, workers: int,
+                       rank: int | None, world_size: int | None, quiet: bool) -> None:
     """Decode videos (PyAV), resize, and store RGB frames in a sharded, resumable HDF5 frame store."""
     from actrec.pipeline.decode import ResizeSpec
     from actrec.pipeline.frames import ExtractOptions, extract_frames
@@ -188,7 +191,7 @@ def extract_frames_cmd(manifest: str | None, video_root: str, out: str, splits: 
     rows = _load_rows(manifest, video_root, splits)
     summary = extract_frames(rows, video_root, out, options, workers=workers, videos_per_shard=videos_per_shard,
                              rank=rank, world_size=world_size, progress=not quiet,
-                             log=lambda line: click.echo(line, err=True))
+                             allow_outside_root=allow_outside_root, log=lambda line: click.echo(line, err=True))
     finish_stages(summary)
 
 

@@ -20,7 +20,9 @@ Examples:
   actrec evaluate --checkpoint runs/stilt_s1/checkpoint.pt -o scores/stilt_s1_test.npz --fusion fusion.json
 \b
 Writes OUT.npz (per-stream softmax scores rgb and flow, the model's own fusion, ids, labels), OUT.per_class.csv
-and OUT.confusion.png, and prints top-1, top-5 and mean class accuracy per stream.""")
+and OUT.confusion.png, and prints top-1, top-5 and mean class accuracy per stream. -o's folder and --fusion are
+checked before any work. A video that cannot be read (damaged frame or flow, unreadable shard) is reported
+("failed: SHARD: video 'ID', frame 17: ...") and the others are scored; the exit code is then 1.""")
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False),
               help="checkpoint.pt of a training run (its config gives the model and the default data).")
 @click.option("--split", type=click.Choice(_SPLITS), default="test", show_default=True,
@@ -57,6 +59,11 @@ def evaluate_cmd(checkpoint: str, split: str, output: str, frames: str | None, f
     result = evaluate(checkpoint, output, options, progress=not quiet)
     click.echo(result.table)
     click.echo("wrote " + ", ".join(map(str, result.files)))
+    for line in result.failures:
+        click.echo(f"failed: {line}", err=True)
+    if result.failures:
+        click.echo(f"evaluate: {len(result.failures)} videos could not be read and are not in the scores", err=True)
+        sys.exit(1)
 
 
 @cli.command("predict", epilog="""\b

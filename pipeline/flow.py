@@ -7,7 +7,9 @@ stack of L flows starting at ``i`` covers frames ``i .. i + L*step``. A one-fram
 A video's group ``videos/<video_id>`` holds one dataset ``flow`` of shape ``[N - step, H, W, 2]`` (channel 0 = x,
 1 = y), one chunk per flow (Zstandard by default, an hdf5plugin filter; ``gzip`` and ``none`` need no plugin),
 and attributes ``num_flows``, ``num_frames``, ``height``, ``width``, ``step``,
-``bound`` and ``dtype``. With ``dtype`` uint8 (the default) values are quantised as the field does: clipped to
+``bound`` and ``dtype``. Every flow's chunk carries a fletcher32 checksum, verified by HDF5 on every read (a damaged
+flow raises StoreReadError naming the shard, the video and the flow). With ``dtype`` uint8 (the default) values
+are quantised as the field does: clipped to
 ``[-bound, bound]`` and mapped linearly to 0..255 (see ``actrec.pipeline.flowio.quantize_flow``); with float16
 they are pixels.
 """
@@ -28,10 +30,12 @@ from actrec.pipeline import launcher
 from actrec.pipeline.flow_opencv import opencv_tvl1_flow, optflow
 from actrec.pipeline.flow_spec import BACKENDS, COMPRESSIONS, DTYPES, codec_storage, require_codec
 from actrec.pipeline.flowio import dequantize_flow, quantize_flow
-from actrec.pipeline.frames import FrameStore
+from actrec.pipeline.frames import FrameStore, decode_jpeg
 from actrec.pipeline.flow_batch import DriverLimits, Solver, flow_executor
 from actrec.pipeline.stage import StageSummary, WorkItem, plan_shards, resolve_rank, run_stage, shard_count
-from actrec.pipeline.store import META_FILE, Dataset, ShardedReader, init_store, read_store_meta
+from actrec.pipeline.store import META_FILE, Dataset, init_store, read_store_meta
+from actrec.pipeline.store_checks import read_rows
+from actrec.pipeline.store_reader import ShardedReader
 from actrec.pipeline.tvl1 import TVL1Params, to_gray, tvl1_flow
 from actrec.pipeline.tvl1.backend import default_kernels
 from actrec.pipeline.tvl1.floor import bytes_per_pixel_pair
@@ -94,20 +98,13 @@ def flow_part(item: WorkItem, num_frames: int, flow: np.ndarray,
 def _gray_frames(frames: FrameStore, video_id: str) -> np.ndarray:
     """All frames of a video as OpenCV's grayscale ``uint8[N, H, W]``, read the cheap way: the video's JPEG bytes
     in one HDF5 call (h5py serialises its calls; one instead of one per frame) and each frame decoded and converted
-    BGR -> gray, identical to RGB -> gray of the RGB frame with one conversion less (bench_flow_reader.py)."""
-    try:
-        stored = frames.group(video_id)["frames"][()]
-    except OSError as exc:
-        raise StoreError(f"{frames.root}: frames of {video_id!r} cannot be read ({exc})") from None
-    if stored.dtype == np.uint8:  # raw RGB frames
+    BGR -> gray, identical to RGB -> gray of the RGB frame with one conversion less (bench_flow_reader.py). Checksums
+    are verified; a damaged frame raises StoreReadError naming it (the video fails, the others go on)."""
+    stored = frames.read_stored(video_id)
+    if isinstance(stored, np.ndarray):  # raw RGB frames
         return to_gray(stored)
-    gray = []
-    for i, buf in enumerate(stored):
-        bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise StoreError(f"{frames.root}: stored JPEG frame {i} of {video_id!r} cannot be decoded")
-        gray.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
-    return np.stack(gray)
+    place = frames.place(video_id)
+    return np.stack([decode_jpeg(buf, place, i, cv2.COLOR_BGR2GRAY) for i, buf in enumerate(stored)])
 
 
 def quantize_on_device(flow: torch.Tensor, bound: float) -> torch.Tensor:
@@ -247,7 +244,12 @@ def compute_flow(frames_root: str | Path, out: str | Path, options: FlowOptions 
 
 
 class FlowStore(ShardedReader):
-    """Random access to stacks of consecutive flows of any video of a flow store; safe in DataLoader workers."""
+    """Random access to stacks of consecutive flows of any video of a flow store; safe in DataLoader workers.
+
+    Every read checks the flows' checksums; a damaged flow or shard raises StoreReadError naming the shard, the
+    video and the flow."""
+
+    entry = "flow"
 
     def __init__(self, root: str | Path) -> None:
         super().__init__(root, KIND)
@@ -258,15 +260,15 @@ class FlowStore(ShardedReader):
         return float(self.params["bound"])
 
     def num_flows(self, video_id: str) -> int:
-        return int(self.group(video_id).attrs["num_flows"])
+        return int(self.attr(video_id, "num_flows"))
 
     def read_stack(self, video_id: str, start: int, length: int, dequantize: bool = False) -> np.ndarray:
         """Flows ``start .. start+length-1`` of a video: ``[length, H, W, 2]`` as stored, or float32 pixels."""
-        dset = self.group(video_id)["flow"]
+        dset = self.dataset(video_id, "flow")
         if not (0 <= start and length >= 0 and start + length <= dset.shape[0]):
             raise StoreError(f"{self.root}: flows {start}..{start + length - 1} out of range for {video_id!r} "
                              f"({dset.shape[0]} flows)")
-        data = dset[start:start + length]
+        data = read_rows(dset, start, start + length, self.place(video_id))
         if not dequantize:
             return data
         return dequantize_flow(data, self.bound) if data.dtype == np.uint8 else data.astype(np.float32)

@@ -89,7 +89,7 @@ class FolderSink:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
 
-    def prepare(self, shards: Sequence[int]) -> dict[int, set[str]]:
+    def prepare(self, shards: Sequence[int], log: Callable[[str], None]) -> dict[int, set[str]]:
         for tmp in self.root.glob(f"*{_TMP}"):
             shutil.rmtree(tmp, ignore_errors=True)
         finished = {p.name for p in self.root.iterdir() if p.is_dir()}
@@ -105,15 +105,14 @@ def export_video(item: WorkItem, out: Path, frames: FrameStore, flows: FlowStore
     tmp = out / f"{item.video_id}{_TMP}"
     try:
         tmp.mkdir()
-        group = frames.group(item.video_id)
-        count = group.attrs["num_frames"]
+        stored = frames.read_stored(item.video_id)  # checksums verified
+        count = len(stored)
         nbytes = 0
-        for i in range(count):
-            data = group["frames"][i]
+        for i, data in enumerate(stored):
             nbytes += (tmp / MMACTION2.name(MMACTION2.rgb_prefix, i)).write_bytes(
                 bytes(data) if data.ndim == 1 else _jpeg(cv2.cvtColor(data, cv2.COLOR_RGB2BGR), quality))
         if flows is not None:
-            flow = flows.group(item.video_id)["flow"][()]
+            flow = flows.read_stack(item.video_id, 0, flows.num_flows(item.video_id))
             quantised = flow if flow.dtype == np.uint8 else quantize_flow(flow.astype(np.float32), flows.bound)
             for i, pair in enumerate(quantised):
                 for channel, prefix in enumerate((MMACTION2.flow_x_prefix, MMACTION2.flow_y_prefix)):

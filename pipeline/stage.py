@@ -22,6 +22,7 @@ from actrec.errors import InputError, StoreError
 from actrec.pipeline.diskspace import is_disk_full
 from actrec.pipeline.launcher import launcher_rank
 from actrec.pipeline.store import Dataset, StoreLayout, write_part
+from actrec.pipeline.store_lock import writer_lock
 from actrec.wording import counted
 
 
@@ -158,8 +159,9 @@ class Sink(Protocol):
 
     root: Path
 
-    def prepare(self, shards: Sequence[int]) -> dict[int, set[str]]:
-        """Remove what a killed run left half-written; return the finished videos of each shard."""
+    def prepare(self, shards: Sequence[int], log: Callable[[str], None]) -> dict[int, set[str]]:
+        """Remove what a killed run left half-written; return the finished videos of each shard (``log`` takes a
+        warning line, e.g. about a damaged shard to rebuild)."""
 
     def seal(self, shard: int) -> None:
         """Make a shard whose videos were all attempted final."""
@@ -174,12 +176,21 @@ def run_stage(name: str, sink: Sink, items: list[WorkItem], execute: Executor, *
     rate and ETA are then in ``unit`` and it moves with every ``Progress`` the executor yields, not only when a
     video ends. ``log`` receives one line per failed or warned video as it happens, written through the bar so
     that it never lands on the bar's line. Ctrl-C stops cleanly: finished videos stay finished and the rerun
-    resumes. A full disk stops the stage with a StoreError, the store intact.
+    resumes. A full disk stops the stage with a StoreError, the store intact. The run holds the sink's writer lock
+    for ``rank`` (``store_lock.writer_lock``): a second process writing the same rank stops with a StoreError.
     """
+    with writer_lock(sink.root, rank, log):
+        return _run_locked(name, sink, items, execute, rank=rank, world_size=world_size, unit=unit, work=work,
+                           progress=progress, log=log)
+
+
+def _run_locked(name: str, sink: Sink, items: list[WorkItem], execute: Executor, *, rank: int, world_size: int,
+                unit: str, work: Callable[[WorkItem], int] | None, progress: bool,
+                log: Callable[[str], None]) -> StageSummary:
     start = time.perf_counter()
     summary = StageSummary(name=name, unit=unit, planned=len(items), rank=rank, world_size=world_size)
     shards = sorted({it.shard for it in items})
-    done = sink.prepare(shards)
+    done = sink.prepare(shards, log)
     todo = [it for it in items if it.video_id not in done[it.shard]]
     summary.skipped = len(items) - len(todo)
     shard_of = {it.video_id: it.shard for it in todo}

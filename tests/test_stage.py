@@ -63,7 +63,7 @@ class _Sink:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def prepare(self, shards):
+    def prepare(self, shards, log):
         return {s: set() for s in shards}
 
     def seal(self, shard: int) -> None:

@@ -147,6 +147,11 @@ class _Inputs:
         reason = self.as_given(outcome.video_id, outcome.message)
         return Failure(given, reason.removeprefix(f"{given}: "))
 
+    def unread(self, video_id: str, lines: Sequence[str]) -> Failure:
+        """A video whose stored frames or flow could not be read back for scoring, with evaluate's line about it."""
+        reason = next((line for line in lines if video_id in line), "its stored frames or flow could not be read")
+        return Failure(self.given[video_id], reason)
+
     def warning(self, line: str) -> str:
         """A stage's warning line with the video's absolute path replaced by the given one."""
         for video_id, absolute in self.absolute.items():
@@ -190,9 +195,11 @@ def predict_videos(videos: Sequence[str | Path], checkpoint: str | Path, *, fusi
                               workers=0, gpu=gpu)
         result = evaluate(checkpoint, work / "scores.npz", options, progress=progress, log=lambda _: None)
     scores = result.scores
+    failures += [inputs.unread(video_id, result.failures)
+                 for video_id in [r.video_id for r in good] if video_id not in set(scores.video_ids)]
     fused = apply_fusion(fused_by, scores, str(checkpoint)) if fused_by is not None else scores.model_fused
-    predictions = [Prediction(inputs.given[row.video_id], names, values)
-                   for row, (names, values) in zip(good, top_k(fused, scores.class_names, k))]
+    predictions = [Prediction(inputs.given[video_id], names, values)
+                   for video_id, (names, values) in zip(scores.video_ids, top_k(fused, scores.class_names, k))]
     return PredictRun(predictions, failures, score_kind(fused_by))
 
 
