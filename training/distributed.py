@@ -75,19 +75,20 @@ def close_distributed(ctx: DistContext, failed: bool = False) -> None:
         dist.destroy_process_group()
 
 
-def log_across(loss: torch.Tensor, stop: bool, ctx: DistContext) -> tuple[float, bool]:
-    """(mean of ``loss`` over all processes, whether any process was asked to stop), in one all-reduce.
+def log_across(loss: torch.Tensor, stop: bool, skipped: int, ctx: DistContext) -> tuple[float, bool, int]:
+    """(mean of ``loss`` over all processes, whether any process was asked to stop, the unreadable clips all
+    processes skipped so far), in one all-reduce.
 
     The only host synchronisation of a training iteration, so the trainer calls it on log iterations only; under
     DDP a stop request is therefore acted on at the next log iteration, by every process at once.
     """
     if not ctx.distributed:
-        return float(loss.item()), stop
-    tensor = torch.stack([loss.detach().to(torch.float64), torch.tensor(float(stop), dtype=torch.float64,
-                                                                         device=loss.device)])
+        return float(loss.item()), stop, skipped
+    tensor = torch.cat([loss.detach().to(torch.float64).reshape(1),
+                        torch.tensor([float(stop), float(skipped)], dtype=torch.float64, device=loss.device)])
     dist.all_reduce(tensor)
-    total, stops = tensor.tolist()
-    return total / ctx.world_size, stops > 0
+    total, stops, skips = tensor.tolist()
+    return total / ctx.world_size, stops > 0, int(skips)
 
 
 def gather_objects(value: Any, ctx: DistContext) -> list[Any]:

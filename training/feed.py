@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -116,13 +115,10 @@ class TrainFeed:
         batch = batch.to(self.ctx.device, non_blocking=True).augment(self.augment, self.bound, self.params)
         return batch.rgb, batch.flow, batch.labels
 
+    @property
     def skipped(self) -> int:
-        """Clips skipped so far by all processes (a collective call under DDP: every process makes it)."""
-        if not self.ctx.distributed:
-            return self.ledger.skipped
-        total = torch.tensor(self.ledger.skipped, dtype=torch.float64, device=self.ctx.device)
-        dist.all_reduce(total)
-        return int(total.item())
+        """Clips this process skipped so far (``distributed.log_across`` sums them over the processes)."""
+        return self.ledger.skipped
 
     def __enter__(self) -> "TrainFeed":
         self._batches = self._workers.enter_context(worker_batches(self._loader))

@@ -238,9 +238,10 @@ class _Run:
                 summary.clips += config.batch_size
                 bar.update(1)
                 if self.iteration % config.log_every == 0 or self.iteration == config.iterations:
-                    summary.last_loss, summary.interrupted = log_across(loss, stop.requested, ctx)  # host sync
+                    summary.last_loss, summary.interrupted, summary.skipped = log_across(  # the host sync
+                        loss, stop.requested, self.feed.skipped, ctx)
                     summary.loss_iteration = self.iteration
-                    self._log_metrics(summary.last_loss, lr, window, self._elapsed(), bar)
+                    self._log_metrics(summary.last_loss, lr, window, self._elapsed(), summary.skipped, bar)
                 else:  # a single process stops at once; DDP processes learn of a stop at the next log iteration
                     summary.interrupted = stop.requested and not ctx.distributed
                     if summary.interrupted:  # its loss is the global batch's; one host sync, at the stop only
@@ -255,7 +256,8 @@ class _Run:
         if self.monitor is not None:
             self.monitor.close()  # TensorBoard events flushed, loss.png drawn
         summary.iteration = self.iteration
-        summary.skipped = self.feed.skipped()
+        if not ctx.distributed:  # also after a stop between log iterations (DDP processes stop on log iterations)
+            summary.skipped = self.feed.skipped
         summary.elapsed = time.perf_counter() - start
         summary.data_wait = window.total_wait / max(summary.elapsed, 1e-9)
         return summary
@@ -293,9 +295,9 @@ class _Run:
         """Training seconds of the whole run: earlier sessions of a resumed run, and this one."""
         return self.elapsed_before + time.perf_counter() - self._started
 
-    def _log_metrics(self, loss: float, lr: float, window: "_Window", elapsed: float, bar: tqdm) -> None:
+    def _log_metrics(self, loss: float, lr: float, window: "_Window", elapsed: float, skipped: int,
+                     bar: tqdm) -> None:
         clips_per_s, wait = window.read(self.config.batch_size)
-        skipped = self.feed.skipped()  # every process takes part under DDP
         if self.monitor is None:
             return
         self.monitor.log(MetricsRow(self.iteration, loss, lr, clips_per_s, wait, elapsed, skipped))
