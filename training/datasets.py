@@ -38,6 +38,7 @@ from actrec.pipeline.flow import FlowStore
 from actrec.pipeline.frames import FrameStore
 from actrec.training.augment import AugmentParams, ClipDraw
 from actrec.training.batch import BadSample, LoadedClip
+from actrec.wording import agrees, counted
 
 Draw = Callable[[int, int, AugmentParams, np.random.Generator], ClipDraw]  # (height, width, params, rng) -> draws
 
@@ -114,8 +115,8 @@ class ClipSource:
         for store, root in ((self.frames, frames_root), (self.flow, flow_root)):
             missing = [r.video_id for r in self.rows if r.video_id not in store]
             if missing:
-                raise InputError(f"{root}: {len(missing)} of the {len(self.rows)} videos of the manifest split are "
-                                 f"not in this store, e.g. {missing[0]!r}")
+                raise InputError(f"{root}: {len(missing)} of the {counted(len(self.rows), 'video')} of the manifest "
+                                 f"split {agrees(len(missing), 'is', 'are')} not in this store, e.g. {missing[0]!r}")
 
     @property
     def bound(self) -> float:

@@ -54,6 +54,7 @@ from actrec.training.datasets import ClipSource, EvalVideos
 from actrec.training.models import MODEL_SPECS, STREAMS, ModelSpec, build_model, stream_logits, to_channels_last
 from actrec.training.monitor import TENSORBOARD, log_evaluation
 from actrec.training.trainer import autocast, inference_dtype
+from actrec.wording import counted
 
 
 @dataclass(frozen=True)
@@ -261,7 +262,8 @@ def _report(scores: ScoreSet, options: EvalOptions, output: Path, fusion: Fusion
     if fusion is not None:
         predictions[f"fusion ({fusion.method})"] = apply_fusion(fusion, scores, str(options.fusion))
     labelled = scores.labels >= 0
-    title = f"{options.split}: {len(scores.video_ids)} videos, {scores.num_classes} classes, accuracy in %"
+    classes = counted(scores.num_classes, "class", "classes")
+    title = f"{options.split}: {counted(len(scores.video_ids), 'video')}, {classes}, accuracy in %"
     if not labelled.any():
         return EvalResult(scores, [], f"{title}\nno labelled video: accuracy not measured")
     rows = [accuracy_row(name, matrix, scores.labels) for name, matrix in predictions.items()]
