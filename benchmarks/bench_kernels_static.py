@@ -89,23 +89,33 @@ def trace_all(levels: list[tuple[int, int]]) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+def launches(level: tuple[int, int]):
+    """The Triton launches of a pyramid level of the 340x256 pyramid (its neighbours decide the resizes)."""
+    from actrec.pipeline.tvl1 import kernel_table
+
+    sizes = level_sizes()
+    i = sizes.index(tuple(level))
+    return kernel_table.level_launches(*level, finer=sizes[i - 1] if i > 0 else None,
+                                       coarser=sizes[i + 1] if i + 1 < len(sizes) else None)
+
+
 def _trace_main(levels: list) -> None:
     from actrec.pipeline.tvl1 import kernel_table
 
     found = {}
     for h, w in levels:
-        for launch in kernel_table.level_launches(h, w):
+        for launch in launches((h, w)):
             fp = kernel_table.trace_bytes(launch)
             found[f"{h}x{w}/{launch.name}"] = fp.__dict__
     print(json.dumps(found))
 
 
 def compile_all(levels: list[tuple[int, int]]) -> dict:
-    from actrec.pipeline.tvl1 import compiled, kernel_table
+    from actrec.pipeline.tvl1 import compiled
 
     table, errors = {}, {}
     for h, w in levels:
-        for launch in kernel_table.level_launches(h, w):
+        for launch in launches((h, w)):
             try:
                 comp = compiled.compile_sm90(launch.name, launch.fn, launch.args, launch.kwargs)
             except Exception as exc:  # noqa: BLE001  a kernel that does not compile is a finding of the table
@@ -170,13 +180,11 @@ def roofline(table: dict, traces: dict, eager: dict, work: dict) -> dict:
             fp = traces[key]
             launch_bytes = fp["loaded"] + fp["stored"]
             launch_instr = 0 if comp is None else len(comp.sass) * 32 * comp.num_warps * launch.programs
-            if launch.role == "step":  # full cost while active; the frozen-pair copies while held
+            if launch.role == "step":  # while the pair runs; a stopped pair's programs return at once
                 runs = steps[:, li] / launch.iterations
-                copies = np.minimum(held[:, li], launch.held_copies * params.warps) * launch.held_bytes * h * w
             else:
                 runs = _events(launch.per, steps[:, li], held[:, li], outer[:, li], params.warps) * launch.times
-                copies = 0.0
-            total_bytes[launch.name] = total_bytes.get(launch.name, 0.0) + runs * launch_bytes + copies
+            total_bytes[launch.name] = total_bytes.get(launch.name, 0.0) + runs * launch_bytes
             total_instr[launch.name] = total_instr.get(launch.name, 0.0) + runs * launch_instr
         for (eh, ew, name), (per, times, nbytes) in eager.items():
             if (eh, ew) == (h, w):
@@ -238,6 +246,7 @@ def main() -> None:
                     "the roofline needs all 5)")
     ap.add_argument("--no-trace", action="store_true", help="skip the interpreter trace of the bytes (and the "
                     "roofline)")
+    ap.add_argument("--configs", action="store_true", help="also compare the step kernel's candidate tiles")
     ap.add_argument("--trace-levels", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.trace_levels:
@@ -270,6 +279,44 @@ def main() -> None:
         print_roofline(roof)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+
+
+CANDIDATES = ((16, 64, 4), (32, 32, 4), (16, 32, 4), (32, 64, 8), (8, 64, 2))  # step tiles: rows, columns, warps
+
+
+def compare_configs(work: dict) -> dict:
+    """The step kernel compiled for each candidate tile at every level: resources, SASS per pixel-iteration, and
+    the issue bound of the step kernel alone on the real pairs' work (border tiles' idle lanes included); the
+    recommendation is the best bound among the tiles with no stack and at most 128 registers (16 resident warps)."""
+    from actrec.pipeline.tvl1 import compiled, kernel_table
+    from actrec.pipeline.tvl1.step_config import StepConfig
+
+    steps = np.array(work["steps"], dtype=float)
+    found = {}
+    for bh, bw, warps in CANDIDATES:
+        config = StepConfig(bh, bw, warps)
+        instr, rows = 0.0, []
+        for li, (h, w) in enumerate(tuple(s) for s in work["sizes"]):
+            launch = next(x for x in kernel_table.level_launches(h, w, config=config) if x.role == "step")
+            comp = compiled.compile_sm90("step", launch.fn, launch.args, launch.kwargs)
+            instr += float(steps[:, li].mean()) * len(comp.sass) * 32 * comp.num_warps * launch.programs
+            rows.append(comp)
+        top = rows[0]
+        found[f"{bh}x{bw}x{warps}"] = {
+            "registers": top.registers, "stack_bytes": max(c.stack_bytes for c in rows),
+            "resident_warps_per_sm": top.resident_warps,
+            "sass_per_pixel_iteration": round(len(top.sass) * 32 * warps / (bh * bw), 1),
+            "step_issue_pairs_per_s": round(ISSUE / instr)}
+    fits = {k: v for k, v in found.items() if v["stack_bytes"] == 0 and v["registers"] <= 128}
+    best = max(fits or found, key=lambda k: found[k]["step_issue_pairs_per_s"])
+    print("\nstep kernel tiles (rows x columns x warps; registers and SASS at 340x256, stack the most of any level;"
+          " issue bound of the step kernel alone on the real pairs' work)")
+    print("| tile | regs | stack | res.warps/SM | SASS/px-it | step issue bound (pairs/s) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for k, v in found.items():
+        print(f"| {k}{' (recommended)' if k == best else ''} | {v['registers']} | {v['stack_bytes']} | "
+              f"{v['resident_warps_per_sm']} | {v['sass_per_pixel_iteration']} | {v['step_issue_pairs_per_s']} |")
+    return {"tiles": found, "recommended": best}
 
 
 def print_roofline(roof: dict) -> None:

@@ -15,9 +15,10 @@ from typing import Callable
 import torch
 
 from actrec.errors import InputError
-from actrec.pipeline.tvl1.graphs import GraphedBlocks, cuda_capture, graphs_enabled
+from actrec.pipeline.tvl1.graphs import GraphCache, cuda_capture, graphs_enabled
 from actrec.pipeline.tvl1.iteration import _block2, _block3
 from actrec.pipeline.tvl1.ops import _median_apply, remap_cubic
+from actrec.pipeline.tvl1.step_config import StepConfig
 
 Log = Callable[[str], None]
 
@@ -82,37 +83,54 @@ class _Kernels:
 
 
 class _TritonKernels:
-    """The fused Triton kernels (:mod:`.triton_step`, :mod:`.triton_warp`) behind the same names.
+    """The Triton solver (:mod:`.triton_level`) behind the kernel-set interface.
 
-    The illumination variant (``block3``, gamma != 0, not OpenCV's default) has no Triton kernel and runs the
-    eager PyTorch functions. On CUDA, small batches of ``block2`` replay as CUDA graphs (:mod:`.graphs`; env
-    ACTREC_TVL1_GRAPHS=0 turns that off). Under ``TRITON_INTERPRET=1`` the kernels run on the CPU through numpy
-    (tests); ``graphs`` replaces the CUDA-only graph runner there.
+    The driver hands it whole pyramids (:meth:`pyramid`) for the parameters it supports (:func:`.triton_level.
+    supported`: gamma = 0, a median of 3, 5 or none); for the others (the illumination term, larger medians) it
+    runs the plain PyTorch functions by name like :class:`_Kernels`. On CUDA each outer iteration replays as a
+    CUDA graph (:mod:`.graphs`; env ACTREC_TVL1_GRAPHS=0 turns that off). Under ``TRITON_INTERPRET=1`` the kernels
+    run on the CPU through numpy (tests); ``graphs`` replaces the CUDA graph cache there. ``config``: the step
+    kernel's tile, :func:`kernel_config` by default.
     """
 
     name = "triton"
-    # a whole outer iteration per call: one CUDA graph replays it, and a pair that stops in it is copied at most
-    # twice (the frozen-pair count lives within one call)
-    max_block = 1 << 20
+    max_block = 3
 
-    def __init__(self, graphs: GraphedBlocks | None = None):
-        from actrec.pipeline.tvl1 import triton_step, triton_warp
-
+    def __init__(self, graphs: GraphCache | None = None, config: StepConfig | None = None):
         self.log: Log | None = None
-        self._fns = {"block2": triton_step.block2, "block3": _block3, "median": triton_warp.median_blur_triton,
-                     "remap": triton_warp.remap_cubic_triton}
+        self._eager = {"block2": _block2, "block3": _block3, "median": _median_apply, "remap": remap_cubic}
         self._graphs = graphs
-        self._cuda_graphs = GraphedBlocks(triton_step.block2, cuda_capture)
+        self._config = config or kernel_config()
+        self._solvers: dict = {}
 
-    def __call__(self, name: str, *args):
+    def supports(self, params) -> bool:
+        from actrec.pipeline.tvl1.triton_level import supported
+
+        return supported(params)
+
+    def pyramid(self, I0: torch.Tensor, I1: torch.Tensor, params, flow0: torch.Tensor | None) -> torch.Tensor:
+        """The whole coarse-to-fine solve of ``I0``, ``I1`` ``(N, H, W)``: one solver (workspace and graph cache)
+        per device, graphs used when enabled at the time of the call."""
+        from actrec.pipeline.tvl1.triton_level import TritonSolver
+
         if os.environ.get("TRITON_INTERPRET", "0") != "1":
             _Announcer.once(self.log)
-        if name == "block2":
-            if self._graphs is not None:
-                return self._graphs(*args)
-            if graphs_enabled(args[0].device):
-                return self._cuda_graphs(*args)
-        return self._fns[name](*args)
+        dev = I0.device
+        solver = self._solvers.get(dev)
+        if solver is None:
+            graphs = self._graphs or (GraphCache(cuda_capture) if dev.type == "cuda" else None)
+            solver = self._solvers[dev] = TritonSolver(dev, self._config, graphs)
+        solver.use_graphs = self._graphs is not None or graphs_enabled(dev)
+        return solver.pyramid(I0, I1, params, flow0)
+
+    def __call__(self, name: str, *args):
+        return self._eager[name](*args)
+
+
+def kernel_config() -> StepConfig:
+    """The step kernel's configuration that benchmarks/bench_kernels_static.py recommends (its table in
+    benchmarks/RESULTS.md): tiles of 16 x 64 pixels, 4 warps."""
+    return StepConfig(bh=16, bw=64, num_warps=4)
 
 
 _kernels_cache: dict = {}

@@ -47,7 +47,8 @@ def held_counts(img0, img1, params: TVL1Params = TVL1Params(), *, device=None, k
     """``(steps, held, sizes)`` on the GPU's schedule (one host check per outer iteration): ``steps`` and
     ``sizes`` as :func:`iteration_counts` (the same stops), ``held`` ``(N, levels)`` the inner iterations each
     pair stayed in its batch after it had stopped, until the next check dropped it. The kernels still visit such
-    a pair: before frozen pairs were skipped, each of these iterations copied its state (48 bytes per pixel)."""
+    a pair, and return at once (the first kernels copied its state, 48 bytes per pixel, in each of these
+    iterations)."""
     return _counts(img0, img1, params, device, kernels, compile, False)
 
 

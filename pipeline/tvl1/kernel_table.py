@@ -17,7 +17,8 @@ from typing import Callable
 
 import torch
 
-KERNEL_MODULES = ("actrec.pipeline.tvl1.triton_step", "actrec.pipeline.tvl1.triton_warp")
+KERNEL_MODULES = ("actrec.pipeline.tvl1.triton_step", "actrec.pipeline.tvl1.triton_warp",
+                  "actrec.pipeline.tvl1.triton_pyramid")
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,6 @@ class Launch:
     per: str
     iterations: int = 1
     times: int = 1
-    held_bytes: int = 0
-    held_copies: int = 0
 
     @property
     def programs(self) -> int:
@@ -64,83 +63,104 @@ class Eager:
     times: int = 1
 
 
-def _tensors(h: int, w: int, n: int, k: int, seed: int = 0) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn((n, h, w), generator=g) for _ in range(k)]
+def _random_level(h: int, w: int, n: int, config):
+    """A workspace level of ``n`` pairs of ``h x w`` on the CPU holding a realistic state (random u, p and constants,
+    every pair listed and active), and its I0, I1 and (I1, I1x, I1y)."""
+    from actrec.pipeline.tvl1.params import TVL1Params
+    from actrec.pipeline.tvl1.triton_step import tiles
+    from actrec.pipeline.tvl1.workspace import Workspace
+
+    g = torch.Generator().manual_seed(0)
+    level = Workspace("cpu").level(n, h, w, TVL1Params(), tiles(h, w, config))
+    level.state.copy_(torch.randn(level.state.shape, generator=g))
+    consts = torch.randn(level.consts.shape, generator=g) * 20
+    consts[:, 3] = consts[:, 0] ** 2 + consts[:, 1] ** 2
+    level.consts.copy_(consts)
+    level.ws.active[:n].fill_(1)
+    level.list_pairs(torch.arange(n, dtype=torch.int32), n)
+    images = torch.rand((n, 2, h, w), generator=g) * 255
+    return level, images[:, 0].contiguous(), images[:, 1].contiguous()
 
 
-def level_launches(h: int, w: int, n: int = 1) -> list[Launch]:
-    """The Triton launches of one level of ``h x w`` for ``n`` pairs, with realistic inputs (random state, a flow of
-    a few pixels, so that the remap's taps fall where real ones do)."""
-    import triton
+def level_launches(h: int, w: int, n: int = 1, config=None, finer: tuple[int, int] | None = None,
+                   coarser: tuple[int, int] | None = None, medians: tuple[int, ...] = (5,)) -> list[Launch]:
+    """The Triton launches of one level of ``h x w`` for ``n`` pairs (``finer``, ``coarser``: the neighbouring
+    levels' sizes, None at the ends, for the pyramid's and the flow's resizes to this level; ``medians``: the
+    window sizes, 5 being OpenCV's default and 3 its other choice on float data), with realistic inputs
+    (random state, a flow of a few pixels, so that the remap's taps fall where real ones do) and the GPU's
+    program sizes (also under the interpreter, so that traced per-program footprints are the GPU's)."""
+    from actrec.pipeline.tvl1 import triton_step
+    from actrec.pipeline.tvl1.backend import kernel_config
 
-    from actrec.pipeline.tvl1 import triton_step, triton_warp
+    config = config or kernel_config()
+    triton_step.GPU_BLOCKS[0] = True
+    try:
+        return _launches(h, w, n, config, finer, coarser, medians)
+    finally:
+        triton_step.GPU_BLOCKS[0] = False
 
-    bh, bw = triton_step.BLOCK_H, triton_step.BLOCK_W
-    step_grid = (n, triton.cdiv(h, bh), triton.cdiv(w, bw))
-    tiles = step_grid[1] * step_grid[2]
-    state = _tensors(h, w, n, 16)
-    active = torch.ones(n, dtype=torch.bool)
-    frozen = torch.zeros(n, dtype=torch.int32)
-    parts = torch.zeros((n, tiles), dtype=torch.float64)
-    fp = {"enable_fp_fusion": False}
-    step = Launch("step", "step", triton_step._step_kernel, step_grid,
-                  (*state, active, frozen, parts, h, w, 0.045, 0.3, 0.8333333),
-                  {"BH": bh, "BW": bw, **fp}, n * h * w, bh * bw, "iteration", held_bytes=48,
-                  held_copies=2)
-    err = torch.zeros(n, dtype=torch.float64)
-    eps = torch.full((1,), 0.01 * h * w, dtype=torch.float64)
-    pair_error = Launch("pair_error", "side", triton_step._pair_error_kernel, (n,),
-                        (parts, active, frozen, err, eps, tiles), {"BLOCK": triton_step.SUM_BLOCK, **fp},
-                        n * h * w, h * w, "iteration")
-    g = torch.Generator().manual_seed(1)
-    src = torch.rand((n, 3, h, w), generator=g) * 255
-    mx = torch.arange(w, dtype=torch.float32) + (torch.rand((n, h, w), generator=g) - 0.5) * 4
-    my = torch.arange(h, dtype=torch.float32)[:, None] + (torch.rand((n, h, w), generator=g) - 0.5) * 4
-    block = triton_warp.REMAP_BLOCK
-    remap = Launch("remap", "side", triton_warp._remap_kernel, (n, triton.cdiv(h * w, block)),
-                   (src, mx, my, torch.empty_like(src), h, w), {"C": 3, "BLOCK": block, **fp}, n * h * w, block,
-                   "warp")
-    mblock = triton_warp.MEDIAN_BLOCK
-    median = Launch("median", "side", triton_warp._median_kernel, (n, triton.cdiv(h * w, mblock)),
-                    (state[0], torch.empty_like(state[0]), h, w), {"K": 5, "WIN": 32, "LOG": 5, "BLOCK": mblock},
-                    n * h * w, mblock, "outer", times=2)
-    return [step, pair_error, remap, median]
+
+def _launches(h, w, n, config, finer, coarser, medians) -> list[Launch]:
+    from actrec.pipeline.tvl1 import triton_pyramid, triton_step, triton_warp
+
+    level, I0, I1 = _random_level(h, w, n, config)
+    pix = n * h * w
+    level.state[:, 0, :2] = (torch.rand(level.state[:, 0, :2].shape) - 0.5) * 4  # flows of up to 2 px
+    out = [Launch("step", "step", *triton_step.step_launch(level, n, 0, config), pix, config.bh * config.bw,
+                  "iteration"),
+           Launch("pair_error", "side", *triton_step.pair_error_launch(level, n, 0, config), pix, h * w,
+                  "iteration")]
+    for k in medians:
+        fn, grid, args, kwargs = triton_warp.median_launch(level, n, k)
+        out.append(Launch("median" if k == 5 else f"median{k}", "side", fn, grid, args, kwargs, 2 * pix,
+                          kwargs["BLOCK"] * triton_warp.STRIP, "outer"))
+    src = triton_pyramid.gradient_stack(I1) if _interpreting() else torch.zeros((n, 3, h, w))
+    fn, grid, args, kwargs = triton_warp.warp_launch(level, src, I0, n)
+    out.append(Launch("warp", "side", fn, grid, args, kwargs, pix, kwargs["BLOCK"], "warp"))
+    fn, grid, args, kwargs = triton_pyramid.gradient_launch(I1, torch.empty((n, 3, h, w)))
+    out.append(Launch("gradient", "side", fn, grid, args, kwargs, pix, kwargs["BLOCK"], "level"))
+    for name, size, scale, target in (("pyramid", finer, 0.8, None), ("upsample", coarser, None, level)):
+        if size is None:
+            continue
+        big = torch.rand((n, *size))
+        taps = triton_pyramid.resize_taps(*size, (h, w), scale, "cpu")
+        dst, pair, pitch = ((torch.empty((n, h, w)), h * w, w) if target is None
+                            else (level.state[:, 0, 0], 12 * h * level.pitch, level.pitch))
+        fn, grid, args, kwargs = triton_pyramid.resize_launch(big, dst, (h, w), taps, 1.0, pair, pitch)
+        out.append(Launch(name, "side", fn, grid, args, kwargs, pix, kwargs["BLOCK"], "level", times=2))
+    return out
+
+
+def _interpreting() -> bool:
+    import os
+
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def level_eager(h: int, w: int, finer: tuple[int, int] | None, coarser: tuple[int, int] | None,
                 n: int = 1) -> list[Eager]:
     """The solver's per-pixel PyTorch work at a level of ``h x w`` (``finer``, ``coarser``: the neighbouring
-    levels' sizes, None at the ends): the pyramid's resizes of I0 and I1 from the finer level, the upsampling of
-    the flow from the coarser one, the centred gradient of I1, the per-warp constants and the compaction of the
-    batch."""
-    from actrec.pipeline.tvl1 import solver
-    from actrec.pipeline.tvl1.ops import centered_gradient, resize_linear
+    levels' sizes): starting the level (p = 0 and the parities), reading its flow out, and listing the running
+    pairs once per outer iteration (the compaction: a few bytes per pair)."""
+    from actrec.pipeline.tvl1.backend import kernel_config
 
-    I0, I1, u1, u2 = _tensors(h, w, n, 4)
+    level, _, _ = _random_level(h, w, n, kernel_config())
     pix = n * h * w
-    steps = [Eager("gradient", lambda: torch.stack([I1, *centered_gradient(I1)], 1), pix, "level")]
-    if finer is not None:
-        big = _tensors(*finer, n, 1)[0]
-        steps.append(Eager("pyramid", lambda: resize_linear(big, (h, w), scale=0.8), pix, "level", times=2))
-    if coarser is not None:
-        small = _tensors(*coarser, n, 1)[0]
-        steps.append(Eager("upsample", lambda: resize_linear(small, (h, w)) * 1.25, pix, "level", times=2))
-    warped = torch.stack(_tensors(h, w, n, 3, seed=2), 1)
-    gx = torch.arange(w, dtype=torch.float32).expand(h, w)
-    gy = torch.arange(h, dtype=torch.float32)[:, None].expand(h, w)
-    steps.append(Eager("warp_constants", lambda: solver._warp_constants(I0, None, u1, u2, gx, gy,
-                                                                         lambda *a: warped), pix, "warp"))
-    state = dict(zip(("u1", "u2", "p11", "p12", "p21", "p22"), _tensors(h, w, 2 * n, 6)))
-    consts = dict(zip(("I1wx", "I1wy", "rho_c", "grad_safe"), _tensors(h, w, 2 * n, 4)))
-    keep = torch.arange(2 * n - 1)  # a batch of 2n pairs loses one: every pair's share of one compaction
 
-    def compact():
-        solver._put(state, {k: v[keep] for k, v in state.items()}, keep)
-        return solver._take(state, keep), solver._take(consts, keep)
+    def start():
+        level.state[:, 0, 2:].zero_()
+        level.ws.parity[:n].zero_()
 
-    steps.append(Eager("compaction", compact, 2 * pix, "compaction"))
-    return steps
+    def compaction():
+        rows = level.ws.active[:n].nonzero().flatten().to(torch.int32)
+        level.list_pairs(rows, n)
+
+    if coarser is None:  # the coarsest level starts from zero flow (the others from the upsample kernel)
+        zero = torch.zeros((n, h, w))
+        start_level = Eager("level_start", lambda: level.load_flow(zero, zero), pix, "level")
+    else:
+        start_level = Eager("level_start", start, pix, "level")
+    return [start_level, Eager("flow_out", level.flow, pix, "level"), Eager("compaction", compaction, pix, "outer")]
 
 
 def eager_bytes(fn: Callable[[], object]) -> int:
@@ -172,10 +192,11 @@ def eager_bytes(fn: Callable[[], object]) -> int:
 
 @dataclass
 class Footprint:
-    """Global memory a launch touches, from the addresses of its loads and stores (interpreter trace): ``loaded`` and
-    ``stored`` count each address once over the whole grid (the DRAM traffic when the caches serve every reuse, e.g.
-    halos and neighbours), ``program_loaded`` once per program (the traffic between L2 and the SMs when only a
-    program's own reuses hit its L1)."""
+    """Global memory a launch touches, from the addresses of its loads and stores (interpreter trace), each
+    address counted once over the whole grid: ``loaded`` the addresses first touched by a load (what must come
+    from DRAM when the caches serve every reuse: halos, neighbours, and values the launch itself wrote and reads
+    back), ``stored`` the addresses stored; ``program_loaded`` counts every program's loaded addresses once per
+    program (the traffic between L2 and the SMs when only a program's own reuses hit its L1)."""
 
     loaded: int = 0
     stored: int = 0
@@ -221,33 +242,32 @@ def trace_bytes(launch: Launch) -> Footprint:
     return _footprint(events, launch)
 
 
-def _unique_bytes(chunks) -> tuple:
-    """Distinct addresses of ``chunks`` ([(addresses, element bytes)]) and the bytes of each."""
+def _footprint(events, launch: Launch) -> Footprint:
     import numpy as np
 
-    addr = np.concatenate([a for a, _ in chunks])
-    size = np.concatenate([np.full(len(a), s, dtype=np.int64) for a, s in chunks])
-    uniq, first = np.unique(addr, return_index=True)
-    return uniq, size[first]
-
-
-def _footprint(events, launch: Launch) -> Footprint:
     ranges = [(i, t.data_ptr(), t.data_ptr() + t.numel() * t.element_size())
               for i, t in enumerate(launch.args) if isinstance(t, torch.Tensor)]
     fp = Footprint()
-    for kind in ("load", "store"):
-        chunks = [(a, s) for _, k, a, s in events if k == kind]
-        if not chunks:
-            continue
-        uniq, size = _unique_bytes(chunks)
-        setattr(fp, "loaded" if kind == "load" else "stored", int(size.sum()))
-        for i, lo, hi in ranges:
-            inside = (uniq >= lo) & (uniq < hi)
-            if inside.any():
-                fp.by_argument[f"{kind} {launch.fn.arg_names[i]}"] = int(size[inside].sum())
-    programs: dict[int, list] = {}
-    for prog, kind, a, s in events:
-        if kind == "load":
-            programs.setdefault(prog, []).append((a, s))
-    fp.program_loaded = sum(int(_unique_bytes(chunks)[1].sum()) for chunks in programs.values())
+    if not events:
+        return fp
+    addr = np.concatenate([a for _, _, a, _ in events])  # in the order the program ran them
+    size = np.concatenate([np.full(len(a), s, dtype=np.int64) for _, _, a, s in events])
+    store = np.concatenate([np.full(len(a), k == "store") for _, k, a, _ in events])
+    prog = np.concatenate([np.full(len(a), p, dtype=np.int64) for p, _, a, _ in events])
+    uniq, first = np.unique(addr, return_index=True)
+    first_load = ~store[first]
+    fp.loaded = int(size[first][first_load].sum())
+    stored_addr, stored_first = np.unique(addr[store], return_index=True)
+    fp.stored = int(size[store][stored_first].sum())
+    for i, lo, hi in ranges:
+        name = launch.fn.arg_names[i]
+        inside = (uniq >= lo) & (uniq < hi)
+        if (inside & first_load).any():
+            fp.by_argument[f"load {name}"] = int(size[first][inside & first_load].sum())
+        inside = (stored_addr >= lo) & (stored_addr < hi)
+        if inside.any():
+            fp.by_argument[f"store {name}"] = int(size[store][stored_first][inside].sum())
+    loads = ~store
+    pairs = np.unique(np.stack([prog[loads], addr[loads].astype(np.int64)]), axis=1, return_index=True)[1]
+    fp.program_loaded = int(size[loads][pairs].sum())
     return fp

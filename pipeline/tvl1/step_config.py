@@ -1,0 +1,15 @@
+"""The step kernel's launch configuration, apart from the kernels so that choosing one does not import Triton."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """Tile of the step kernel: ``bh`` rows x ``bw`` columns, ``num_warps`` warps per program (at 16 x 64 and 4
+    warps each thread computes 8 pixels: benchmarks/bench_kernels_static.py compares the candidates)."""
+
+    bh: int = 16
+    bw: int = 64
+    num_warps: int = 4

@@ -1,0 +1,55 @@
+"""Every Triton kernel of the project compiles for an H100/H200 (sm_90a), on a machine without a GPU.
+
+The interpreter tests (tests/test_triton_tvl1.py) check what the kernels compute, not that a GPU compiler accepts
+them or what they cost: a kernel that only the interpreter runs once shipped (a constexpr reassigned in a loop of
+the old median, rejected by the compiler). Here each launch of the GPU solver at compute-flow's 340x256 level
+(:func:`actrec.pipeline.tvl1.kernel_table.level_launches`) is compiled as its launch would be, and read back with
+the cuobjdump shipped in Triton's wheel: a compile error fails, and so does a step kernel that spills to a stack.
+The full table (registers, SASS, bytes, roofline) is benchmarks/bench_kernels_static.py.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import triton
+
+from actrec.pipeline.tvl1 import compiled, kernel_table
+
+LEVEL = (256, 340)
+FINER, COARSER = (320, 425), (205, 272)  # neighbours, so that both resizes are compiled too
+
+
+@pytest.fixture(scope="module")
+def launches():
+    return kernel_table.level_launches(*LEVEL, finer=FINER, coarser=COARSER, medians=(5, 3))
+
+
+def test_every_kernel_of_the_project_is_in_the_table(launches):
+    defined = {name for module in kernel_table.KERNEL_MODULES
+               for name, value in vars(importlib.import_module(module)).items()
+               if isinstance(value, triton.runtime.jit.JITFunction) and name.endswith("_kernel")}
+    assert defined == {launch.fn.fn.__name__ for launch in launches}
+
+
+def test_every_kernel_compiles_for_sm90(launches):
+    failed, stacks = [], []
+    for launch in launches:
+        try:
+            comp = compiled.compile_sm90(launch.name, launch.fn, launch.args, launch.kwargs)
+        except Exception as exc:  # noqa: BLE001  report every kernel, then fail
+            failed.append(f"{launch.name}: {type(exc.__cause__ or exc).__name__}: {exc.__cause__ or exc}"[:500])
+            continue
+        assert comp.registers > 0 and comp.sass, launch.name
+        if launch.role == "step" and comp.stack_bytes:
+            stacks.append(f"{launch.name}: {comp.stack_bytes} bytes of stack, {comp.registers} registers")
+    assert not failed, failed
+    assert not stacks, stacks
+
+
+def test_resident_warps_follow_the_h100_limits():
+    assert compiled.resident_warps(255, 1024, 4) == 8  # the old step kernel: 2 programs of 4 warps
+    assert compiled.resident_warps(128, 1024, 4) == 16
+    assert compiled.resident_warps(32, 0, 4) == 64  # the warp slots bind
+    assert compiled.resident_warps(32, 100 * 1024, 4) == 8  # shared memory binds: 2 programs
