@@ -277,6 +277,12 @@ def main() -> None:
         roof["complete"] = not errors  # a kernel that does not compile is missing from the sums
         result["roofline"] = roof
         print_roofline(roof)
+    if args.configs:
+        from actrec.pipeline.tvl1.backend import kernel_config
+
+        result["configs"] = compare_configs(json.loads(Path(args.work).read_text()))
+        used = kernel_config()
+        print(f"compute-flow --gpu uses {used.bh}x{used.bw}x{used.num_warps} (backend.kernel_config)")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
 
@@ -294,7 +300,7 @@ def compare_configs(work: dict) -> dict:
     steps = np.array(work["steps"], dtype=float)
     found = {}
     for bh, bw, warps in CANDIDATES:
-        config = StepConfig(bh, bw, warps)
+        config = StepConfig(bh, bw, warps)  # 128 registers asked of ptxas (StepConfig.max_registers)
         instr, rows = 0.0, []
         for li, (h, w) in enumerate(tuple(s) for s in work["sizes"]):
             launch = next(x for x in kernel_table.level_launches(h, w, config=config) if x.role == "step")

@@ -94,6 +94,12 @@ def sass_instructions(cubin: bytes) -> tuple[str, ...]:
     return tuple(s for s in lines if not s.startswith("NOP"))
 
 
+def opcode(instruction: str) -> str:
+    """The opcode of a SASS line, with its modifiers (``LDG.E.128``), after any predicate (``@P0``)."""
+    parts = instruction.split()
+    return parts[1] if parts[0].startswith("@") else parts[0]
+
+
 def compile_sm90(name: str, fn, args: tuple, kwargs: dict) -> Compiled:
     """:func:`compile_launch`, then the resources and SASS of the result."""
     kernel = compile_launch(fn, args, kwargs)

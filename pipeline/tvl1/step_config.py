@@ -8,8 +8,11 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class StepConfig:
     """Tile of the step kernel: ``bh`` rows x ``bw`` columns, ``num_warps`` warps per program (at 16 x 64 and 4
-    warps each thread computes 8 pixels: benchmarks/bench_kernels_static.py compares the candidates)."""
+    warps each thread computes 8 pixels), and the registers per thread ptxas must fit it in (``max_registers``:
+    128 keeps 16 warps resident per SM; the compiled code is checked to need no stack).
+    benchmarks/bench_kernels_static.py compares the candidates."""
 
     bh: int = 16
     bw: int = 64
     num_warps: int = 4
+    max_registers: int = 128

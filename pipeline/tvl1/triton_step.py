@@ -202,7 +202,7 @@ def step_launch(level, m: int, u_shift: int, config: StepConfig):
             level.taut, u_shift)
     kwargs = {"H": level.h, "W": level.w, "P": level.pitch, "BH": config.bh, "BW": config.bw,
               "HALO": triton.next_power_of_2(config.bh + config.bw), "num_warps": config.num_warps,
-              "enable_fp_fusion": False}
+              "maxnreg": config.max_registers, "enable_fp_fusion": False}
     return _step_kernel, grid, args, kwargs
 
 
