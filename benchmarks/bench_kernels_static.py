@@ -81,10 +81,18 @@ def count_work(path: Path) -> None:
     print(f"counted {len(a)} pairs in {time.time() - t:.0f} s -> {path}")
 
 
+def interpreter_env() -> dict:
+    """The environment of the interpreter traces: ``TRITON_INTERPRET=1`` and the Triton of the virtual environment
+    (a Triton put first on PYTHONPATH is left out: the bytes are a property of the kernels' loads and stores, and
+    Triton 3.6's interpreter cannot run a loop with a runtime bound under numpy 2)."""
+    path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+            if p and not (Path(p) / "triton" / "__init__.py").is_file()]
+    return dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(path))
+
+
 def trace_all(levels: list[tuple[int, int]]) -> dict:
     """Footprints of every launch at every level, traced in a subprocess under the interpreter."""
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    out = subprocess.run([sys.executable, __file__, "--trace-levels", json.dumps(levels)], env=env,
+    out = subprocess.run([sys.executable, __file__, "--trace-levels", json.dumps(levels)], env=interpreter_env(),
                          capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -138,13 +146,16 @@ def kernel_rows(table: dict, traces: dict | None, level: tuple[int, int]) -> lis
             px = launch.pixels * launch.iterations
             row["bytes_per_pixel_iteration"] = round((fp["loaded"] + fp["stored"]) / px, 2)
             row["program_bytes_per_pixel_iteration"] = round((fp["program_loaded"] + fp["stored"]) / px, 2)
+            if fp.get("scratch"):
+                row["scratch_bytes_per_pixel_iteration"] = round(fp["scratch"] / px, 1)
         if comp is None:
             row["compile_error"] = True
             rows.append(row)
             continue
         threads = 32 * comp.num_warps
-        per_tile = len(comp.sass) * threads / (launch.tile_pixels * launch.iterations)
-        per_image = len(comp.sass) * threads * launch.programs / (launch.pixels * launch.iterations)
+        issued = len(comp.sass)  # per work item (all the iterations of a pass unrolled)
+        per_tile = issued * threads / (launch.tile_pixels * launch.iterations)
+        per_image = issued * threads * launch.work_items / (launch.pixels * launch.iterations)
         row.update({"registers": comp.registers, "stack_bytes": comp.stack_bytes, "local_bytes": comp.local_bytes,
                     "shared_bytes": comp.shared_bytes, "num_warps": comp.num_warps,
                     "resident_warps_per_sm": comp.resident_warps, "sass_instructions": len(comp.sass),
@@ -155,12 +166,14 @@ def kernel_rows(table: dict, traces: dict | None, level: tuple[int, int]) -> lis
     return rows
 
 
-def _events(per: str, it: float, held: float, outer: float, warps: int) -> float:
+def _events(per: str, it: float, held: float, outer: float, warps: int, k: int = 1) -> float:
     """How often one pair meets a launch's event at one level: ``iteration`` (inner iterations it is in its batch),
-    ``outer`` (outer iterations started), ``compaction`` (outer iterations after the first of a warp, when a large
-    batch has nearly always lost a pair), ``warp``, ``level``."""
-    return {"iteration": it + held, "outer": outer, "compaction": np.maximum(outer - warps, 0.0), "warp": warps,
-            "level": 1.0}[per]
+    ``pass`` (passes of ``k`` iterations it runs: its iterations plus, for each warp's stop, the rest of the pass
+    it stopped in and its replay, at most ``k`` more), ``replay`` (counted with the passes: 0), ``outer`` (outer
+    iterations started), ``compaction`` (outer iterations after the first of a warp, when a large batch has nearly
+    always lost a pair), ``warp``, ``level``."""
+    return {"iteration": it + held, "pass": (it + warps * k) / k, "replay": 0.0 * it, "outer": outer,
+            "compaction": np.maximum(outer - warps, 0.0), "warp": warps, "level": 1.0}[per]
 
 
 def roofline(table: dict, traces: dict, eager: dict, work: dict) -> dict:
@@ -179,11 +192,12 @@ def roofline(table: dict, traces: dict, eager: dict, work: dict) -> dict:
                 continue
             fp = traces[key]
             launch_bytes = fp["loaded"] + fp["stored"]
-            launch_instr = 0 if comp is None else len(comp.sass) * 32 * comp.num_warps * launch.programs
-            if launch.role == "step":  # while the pair runs; a stopped pair's programs return at once
-                runs = steps[:, li] / launch.iterations
-            else:
-                runs = _events(launch.per, steps[:, li], held[:, li], outer[:, li], params.warps) * launch.times
+            launch_instr = (0 if comp is None else
+                            len(comp.sass) * 32 * comp.num_warps * launch.work_items)
+            runs = _events(launch.per, steps[:, li], held[:, li], outer[:, li], params.warps,
+                           launch.iterations) * launch.times
+            if launch.role == "step" and launch.per == "iteration":  # a stopped pair's programs return at once
+                runs = steps[:, li]
             total_bytes[launch.name] = total_bytes.get(launch.name, 0.0) + runs * launch_bytes
             total_instr[launch.name] = total_instr.get(launch.name, 0.0) + runs * launch_instr
         for (eh, ew, name), (per, times, nbytes) in eager.items():
@@ -229,7 +243,8 @@ def print_table(rows: list[dict]) -> None:
             ("local_bytes", "local"), ("shared_bytes", "smem"), ("num_warps", "warps"),
             ("resident_warps_per_sm", "res.warps/SM"), ("sass_instructions", "SASS"),
             ("sass_per_pixel_iteration", "SASS/px-it"), ("sass_per_image_pixel_iteration", "SASS/px-it grid"),
-            ("bytes_per_pixel_iteration", "B/px-it"), ("program_bytes_per_pixel_iteration", "B/px-it prog")]
+            ("bytes_per_pixel_iteration", "B/px-it"), ("program_bytes_per_pixel_iteration", "B/px-it prog"),
+            ("scratch_bytes_per_pixel_iteration", "scratch B/px-it")]
     print("| " + " | ".join(c[1] for c in cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:
@@ -248,9 +263,13 @@ def main() -> None:
                     "roofline)")
     ap.add_argument("--configs", action="store_true", help="also compare the step kernel's candidate tiles")
     ap.add_argument("--trace-levels", help=argparse.SUPPRESS)
+    ap.add_argument("--trace-configs", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.trace_levels:
         _trace_main(json.loads(args.trace_levels))
+        return
+    if args.trace_configs:
+        _trace_configs()
         return
     if args.count:
         count_work(Path(args.work))
@@ -282,47 +301,89 @@ def main() -> None:
 
         result["configs"] = compare_configs(json.loads(Path(args.work).read_text()))
         used = kernel_config()
-        print(f"compute-flow --gpu uses {used.bh}x{used.bw}x{used.num_warps} (backend.kernel_config)")
+        print(f"compute-flow --gpu uses {used.bh}x{used.bw}x{used.num_warps}x{used.k} (backend.kernel_config)")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
 
 
-CANDIDATES = ((16, 64, 4), (32, 32, 4), (16, 32, 4), (32, 64, 8), (8, 64, 2))  # step tiles: rows, columns, warps
+CANDIDATES = ((16, 64, 4, 1), (32, 32, 4, 1), (16, 32, 4, 1), (32, 64, 8, 1),  # one pass per iteration
+              (32, 64, 16, 4), (32, 64, 8, 4), (64, 64, 16, 4))  # 4 iterations per pass: regions with a halo of 4
+
+
+def _candidate(spec) -> "object":
+    from actrec.pipeline.tvl1.step_config import StepConfig
+
+    bh, bw, warps, k = spec
+    return StepConfig(bh, bw, warps, 128, k)  # 128 registers asked of ptxas (StepConfig.max_registers)
+
+
+def _trace_configs() -> None:
+    """Footprints of each candidate's iteration launches at 340x256 (run under the interpreter)."""
+    from actrec.pipeline.tvl1 import kernel_table
+
+    found = {}
+    for spec in CANDIDATES:
+        for launch in kernel_table.level_launches(256, 340, config=_candidate(spec)):
+            if launch.per in ("iteration", "pass"):
+                found["x".join(map(str, spec)) + "/" + launch.name] = kernel_table.trace_bytes(launch).__dict__
+    print(json.dumps(found))
 
 
 def compare_configs(work: dict) -> dict:
-    """The step kernel compiled for each candidate tile at every level: resources, SASS per pixel-iteration, and
-    the issue bound of the step kernel alone on the real pairs' work (border tiles' idle lanes included); the
-    recommendation is the best bound among the tiles with no stack and at most 128 registers (16 resident warps)."""
-    from actrec.pipeline.tvl1 import compiled, kernel_table
-    from actrec.pipeline.tvl1.step_config import StepConfig
+    """Each candidate configuration of the iterations compiled at every level and traced at 340x256: resources,
+    SASS and bytes per pixel-iteration, and the static roofline of the iterations alone on the real pairs' work
+    (border tiles' idle lanes and, for k iterations per pass, the passes' replays included). The recommendation is
+    the best H200 roofline among the candidates with no stack and at most 128 registers at every level."""
+    from actrec.pipeline.tvl1 import TVL1Params, compiled, kernel_table
 
-    steps = np.array(work["steps"], dtype=float)
+    traces = json.loads(subprocess.run([sys.executable, __file__, "--trace-configs"], env=interpreter_env(),
+                                       capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+    steps, held = np.array(work["steps"], dtype=float), np.array(work["held"], dtype=float)
+    outer = (steps + held) / TVL1Params().inner_iterations
     found = {}
-    for bh, bw, warps in CANDIDATES:
-        config = StepConfig(bh, bw, warps)  # 128 registers asked of ptxas (StepConfig.max_registers)
-        instr, rows = 0.0, []
+    for spec in CANDIDATES:
+        name = "x".join(map(str, spec))
+        instr = nbytes = 0.0
+        comps = []
         for li, (h, w) in enumerate(tuple(s) for s in work["sizes"]):
-            launch = next(x for x in kernel_table.level_launches(h, w, config=config) if x.role == "step")
-            comp = compiled.compile_sm90("step", launch.fn, launch.args, launch.kwargs)
-            instr += float(steps[:, li].mean()) * len(comp.sass) * 32 * comp.num_warps * launch.programs
-            rows.append(comp)
-        top = rows[0]
-        found[f"{bh}x{bw}x{warps}"] = {
-            "registers": top.registers, "stack_bytes": max(c.stack_bytes for c in rows),
+            for launch in kernel_table.level_launches(h, w, config=_candidate(spec)):
+                if launch.per not in ("iteration", "pass"):
+                    continue
+                comp = compiled.compile_sm90(launch.name, launch.fn, launch.args, launch.kwargs)
+                runs = _events(launch.per, steps[:, li], held[:, li], outer[:, li], TVL1Params().warps,
+                               launch.iterations)
+                if launch.role == "step" and launch.per == "iteration":
+                    runs = steps[:, li]
+                fp = traces[f"{name}/{launch.name}"]
+                instr += float(np.mean(runs)) * len(comp.sass) * 32 * comp.num_warps * launch.work_items
+                nbytes += float(np.mean(runs)) * (fp["loaded"] + fp["stored"]) * (h * w) / (256 * 340)
+                comps.append((launch, comp))
+        step, top = next((launch, c) for launch, c in comps if launch.role == "step")
+        px = step.pixels * step.iterations
+        fp = traces[f"{name}/{step.name}"]
+        found[name] = {
+            "registers": max(c.registers for launch, c in comps if launch.role == "step"),
+            "stack_bytes": max(c.stack_bytes for launch, c in comps if launch.role == "step"),
             "resident_warps_per_sm": top.resident_warps,
-            "sass_per_pixel_iteration": round(len(top.sass) * 32 * warps / (bh * bw), 1),
-            "step_issue_pairs_per_s": round(ISSUE / instr)}
-    fits = {k: v for k, v in found.items() if v["stack_bytes"] == 0 and v["registers"] <= 128}
-    best = max(fits or found, key=lambda k: found[k]["step_issue_pairs_per_s"])
-    print("\nstep kernel tiles (rows x columns x warps; registers and SASS at 340x256, stack the most of any level;"
-          " issue bound of the step kernel alone on the real pairs' work)")
-    print("| tile | regs | stack | res.warps/SM | SASS/px-it | step issue bound (pairs/s) |")
-    print("|---|---:|---:|---:|---:|---:|")
+            "sass_per_pixel_iteration": round(len(top.sass) * 32 * top.num_warps
+                                              / (step.tile_pixels * step.iterations), 1),
+            "bytes_per_pixel_iteration": round((fp["loaded"] + fp["stored"]) / px, 2),
+            "issue_pairs_per_s": round(ISSUE / instr), "h200_memory_pairs_per_s": round(BANDWIDTH["h200"] / nbytes),
+            "h200_pairs_per_s": round(min(ISSUE / instr, BANDWIDTH["h200"] / nbytes))}
+    fits = {k: v for k, v in found.items() if v["stack_bytes"] == 0 and v["registers"] <= 128
+            and v["resident_warps_per_sm"] > 0}
+    best = max(fits or found, key=lambda k: found[k]["h200_pairs_per_s"])
+    print("\ncandidate iterations (rows x columns x warps x iterations per pass; registers and stack the most of any "
+          "level, SASS and bytes per pixel-iteration at 340x256; bounds of the iterations alone on the real pairs'"
+          " work)")
+    print("| config | regs | stack | res.warps/SM | SASS/px-it | B/px-it | issue bound | H200 memory bound |"
+          " H200 roofline |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for k, v in found.items():
         print(f"| {k}{' (recommended)' if k == best else ''} | {v['registers']} | {v['stack_bytes']} | "
-              f"{v['resident_warps_per_sm']} | {v['sass_per_pixel_iteration']} | {v['step_issue_pairs_per_s']} |")
-    return {"tiles": found, "recommended": best}
+              f"{v['resident_warps_per_sm']} | {v['sass_per_pixel_iteration']} | {v['bytes_per_pixel_iteration']} |"
+              f" {v['issue_pairs_per_s']} | {v['h200_memory_pairs_per_s']} | {v['h200_pairs_per_s']} |")
+    return {"configs": found, "recommended": best}
 
 
 def print_roofline(roof: dict) -> None:

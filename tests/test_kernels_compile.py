@@ -16,6 +16,8 @@ import pytest
 import triton
 
 from actrec.pipeline.tvl1 import compiled, kernel_table
+from actrec.pipeline.tvl1.backend import PASSES_CONFIG, kernel_config
+from actrec.pipeline.tvl1.step_config import StepConfig
 
 LEVEL = (256, 340)
 FINER, COARSER = (320, 425), (205, 272)  # neighbours, so that both resizes are compiled too
@@ -23,7 +25,13 @@ FINER, COARSER = (320, 425), (205, 272)  # neighbours, so that both resizes are 
 
 @pytest.fixture(scope="module")
 def launches():
-    return kernel_table.level_launches(*LEVEL, finer=FINER, coarser=COARSER, medians=(5, 3))
+    """compute-flow's launches (the recommended configuration) and the other family of iteration kernels (one
+    pass per iteration, or several: the configuration is a choice of the table)."""
+    default = kernel_config()
+    other = StepConfig() if default.k > 1 else PASSES_CONFIG
+    found = kernel_table.level_launches(*LEVEL, finer=FINER, coarser=COARSER, medians=(5, 3))
+    return found + [x for x in kernel_table.level_launches(*LEVEL, config=other) if x.per in ("iteration", "pass",
+                                                                                             "replay")]
 
 
 def test_every_kernel_of_the_project_is_in_the_table(launches):
@@ -52,6 +60,7 @@ def test_every_kernel_compiles_for_sm90(compiled_kernels):
     stacks = [f"{launch.name}: {comp.stack_bytes} bytes of stack, {comp.registers} registers"
               for launch, comp in compiled_kernels.values() if launch.role == "step" and comp.stack_bytes]
     assert not stacks, stacks
+    assert all(comp.resident_warps > 0 for _, comp in compiled_kernels.values())  # every one can be launched
 
 
 def test_the_aligned_pitch_gives_128_bit_loads_and_stores(compiled_kernels):

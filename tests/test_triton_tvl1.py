@@ -28,6 +28,7 @@ from actrec.pipeline.tvl1.triton_step import _hypot
 HERE = Path(__file__).resolve().parent
 CROP = (48, 80)  # (H, W) of the real crops: 3 x 2 tiles of the default 16 x 64
 SMALL_TILES = dict(bh=8, bw=16, num_warps=4)
+SMALL_REGIONS = dict(bh=16, bw=16, num_warps=4, k=4)  # 4 iterations per pass: 8 x 8 output tiles, a halo of 4
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -88,11 +89,13 @@ def _random_state(n: int, h: int, w: int):
 def _level(state, consts, active, config, dev: str = "cpu"):
     """A workspace level holding ``state`` in set 0 and ``consts``, ``active`` pairs flagged, every pair listed."""
     from actrec.pipeline.tvl1.params import TVL1Params
+    from actrec.pipeline.tvl1.triton_block import scratch_floats
     from actrec.pipeline.tvl1.triton_step import tiles
     from actrec.pipeline.tvl1.workspace import Workspace
 
     n, h, w = state[0].shape
-    level = Workspace(dev).level(n, h, w, TVL1Params(), tiles(h, w, config))
+    scratch = scratch_floats(config) if config.k > 1 else 0
+    level = Workspace(dev).level(n, h, w, TVL1Params(), tiles(h, w, config), scratch)
     level.load_flow(state[0].to(dev), state[1].to(dev))
     for i, t in enumerate(state[2:]):
         level.state[:, 0, 2 + i, :, :w] = t.to(dev)
@@ -117,21 +120,31 @@ def _read_state(level) -> tuple[torch.Tensor, ...]:
 
 
 def _iterate(level, k: int, config) -> None:
+    """``k`` iterations: one launch each, or (``config.k`` > 1) passes of up to ``config.k`` with their replays."""
+    from actrec.pipeline.tvl1.triton_block import block_error_launch, block_launch
+    from actrec.pipeline.tvl1.triton_level import passes
     from actrec.pipeline.tvl1.triton_step import launch, pair_error_launch, step_launch
 
-    for _ in range(k):
-        launch(step_launch(level, level.n, 0, config))
-        launch(pair_error_launch(level, level.n, 0, config))
+    if config.k == 1:
+        for _ in range(k):
+            launch(step_launch(level, level.n, 0, config))
+            launch(pair_error_launch(level, level.n, 0, config))
+        return
+    for iters in passes(k, config.k):
+        for replay in (False, True):
+            launch(block_launch(level, level.n, iters, 0, config, replay))
+            launch(block_error_launch(level, level.n, iters, 0, config, replay))
 
 
-def _compare_block(state, consts, scalars, active, dev: str = "cpu") -> bool:
+def _compare_block(state, consts, scalars, active, dev: str = "cpu", tiles: dict = SMALL_TILES) -> bool:
     """Four and five fused iterations against as many reference iterations on the CPU: bit-identical state and
     stop flags? A pair frozen from the start or stopping during the block keeps its state; both parities end in
-    either set."""
+    either set. With several iterations per pass (``SMALL_REGIONS``): one pass of 4, then passes of 4 and 1; a
+    pair that stops inside a pass is replayed."""
     from actrec.pipeline.tvl1.iteration import _block2
     from actrec.pipeline.tvl1.step_config import StepConfig
 
-    config = StepConfig(**SMALL_TILES)
+    config = StepConfig(**tiles)
 
     def equal(k: int) -> bool:
         ref = _block2(*state, *consts, active, *scalars, k)
@@ -235,6 +248,25 @@ def _median3_check(dev: str = "cpu") -> bool:
     return torch.equal(median_blur(u, 3), level.state[:, 1, 0, :, :23].cpu())
 
 
+def _passes_solver_check(img0: np.ndarray, img1: np.ndarray) -> bool:
+    """The whole solver with 4 iterations per pass on 32 x 64 regions (2 x 2 output tiles of 24 x 56 per crop)
+    against the CPU solver, with 3 inner iterations (one pass) and 6 (passes of 4 and 2)."""
+    from actrec.pipeline.tvl1 import backend, solver
+    from actrec.pipeline.tvl1.params import TVL1Params
+
+    config = backend.PASSES_CONFIG
+    equal = True
+    for inner in (3, 6):
+        params = TVL1Params(nscales=2, warps=1, outer_iterations=2, inner_iterations=inner)
+        cpu = solver.tvl1_flow(img0, img1, params, kernels="torch", compile=False)
+        backend._kernels_cache[("triton", None)] = backend._TritonKernels(config=config)
+        try:
+            equal &= torch.equal(cpu, solver.tvl1_flow(img0, img1, params, kernels="triton", chunk=len(img0)))
+        finally:
+            del backend._kernels_cache[("triton", None)]
+    return equal
+
+
 def _solver_check(img0: np.ndarray, img1: np.ndarray) -> dict:
     """The whole Triton solver against the CPU's PyTorch solver, directly and with its outer iterations replayed
     through the graph cache (``eager_capture``: a CUDA graph's contract on the CPU); the next batch replays the
@@ -321,10 +353,14 @@ def run_checks(videos: Path) -> dict:
     t.append(time.perf_counter())
     state, consts, scalars = _random_state(3, 21, 37)
     results["step_random"] = _compare_block(state, consts, scalars, torch.tensor([True, False, True]))
+    results["passes_random"] = _compare_block(state, consts, scalars, torch.tensor([True, False, True]),
+                                              tiles=SMALL_REGIONS)
     t.append(time.perf_counter())
     state, consts, scalars = _iteration_state(img0[:, :21, :37], img1[:, :21, :37], warm=4)
     results["step_real"] = _compare_block(state, consts, scalars, torch.ones(3, dtype=torch.bool))
     t.append(time.perf_counter())
+    results["passes_real"] = _compare_block(state, consts, scalars, torch.ones(3, dtype=torch.bool),
+                                            tiles=SMALL_REGIONS)
     batch, alone, ref = _error_sums(state, consts, scalars)
     results["error_batch_equal"] = torch.equal(batch, alone)
     results["error_rel_diff"] = float(((batch - ref).abs() / ref.clamp_min(1e-300)).max())
@@ -333,6 +369,7 @@ def run_checks(videos: Path) -> dict:
     results["median3"] = _median3_check()
     t.append(time.perf_counter())
     results.update(_solver_check(img0, img1))
+    results["passes_solver_equal"] = _passes_solver_check(img0, img1)
     results["plane_ops_in_levels"] = _plane_ops_in_levels(img0, img1)
     t.append(time.perf_counter())
     results["seconds"] = [round(b - a, 2) for a, b in zip(t, t[1:])]
@@ -358,6 +395,13 @@ def test_hypot_is_correctly_rounded(checks):
 
 def test_fused_step_equals_reference(checks):
     assert checks["step_random"] and checks["step_real"]
+
+
+def test_several_iterations_per_pass_equal_reference(checks):
+    """k = 4 iterations per pass, bit-identical to as many reference iterations; the identical real pair stops
+    after its first iteration, inside the pass, and is replayed from the pass's input for that one iteration."""
+    assert checks["passes_random"] and checks["passes_real"]
+    assert checks["passes_solver_equal"]
 
 
 def test_error_sum_does_not_depend_on_batch(checks):
@@ -403,8 +447,12 @@ def test_kernels_on_cuda_equal_cpu_references(videos_dir: Path):
     found = {"hypot": _hypot_equal("cuda")}
     state, consts, scalars = _random_state(3, 21, 37)
     found["step_random"] = _compare_block(state, consts, scalars, torch.tensor([True, False, True]), "cuda")
+    found["passes_random"] = _compare_block(state, consts, scalars, torch.tensor([True, False, True]), "cuda",
+                                            SMALL_REGIONS)
     state, consts, scalars = _iteration_state(img0[:, :21, :37], img1[:, :21, :37], warm=4)
     found["step_real"] = _compare_block(state, consts, scalars, torch.ones(3, dtype=torch.bool), "cuda")
+    found["passes_real"] = _compare_block(state, consts, scalars, torch.ones(3, dtype=torch.bool), "cuda",
+                                          SMALL_REGIONS)
     batch, alone, ref = _error_sums(state, consts, scalars, "cuda")
     found["error_batch_equal"] = torch.equal(batch, alone)
     found.update(_warp_checks(img0, img1, "cuda"))

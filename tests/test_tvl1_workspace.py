@@ -7,6 +7,7 @@ and every level and batch size views the same buffers, which is what lets a CUDA
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from actrec.pipeline.tvl1 import TVL1Params, pyramid_sizes
@@ -57,3 +58,17 @@ def test_a_level_starts_from_the_flow_and_reads_it_back_by_parity():
     level.ws.parity[1, 0] = 1
     got = level.flow()
     assert torch.equal(got[0][0], u1[0]) and torch.equal(got[0][1], -u1[1]) and torch.equal(got[1][1], -u2[1])
+
+
+def test_the_table_recommends_the_configuration_and_an_env_selects_the_other(monkeypatch):
+    from actrec.errors import InputError
+    from actrec.pipeline.tvl1.backend import PASSES_CONFIG, default_kernels
+
+    assert kernel_config().k == 1 and (kernel_config().bh, kernel_config().bw) == (16, 64)
+    monkeypatch.setenv("ACTREC_TVL1_PASS_ITERATIONS", "4")
+    assert kernel_config() == PASSES_CONFIG
+    monkeypatch.setenv("ACTREC_TVL1_PASS_ITERATIONS", "3")
+    with pytest.raises(InputError, match="1 or 4"):
+        kernel_config()
+    monkeypatch.setenv("ACTREC_TVL1_KERNELS", "torch")  # plain PyTorch, even on CUDA
+    assert default_kernels(torch.device("cuda")) == "torch"

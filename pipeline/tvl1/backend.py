@@ -100,7 +100,7 @@ class _TritonKernels:
         self.log: Log | None = None
         self._eager = {"block2": _block2, "block3": _block3, "median": _median_apply, "remap": remap_cubic}
         self._graphs = graphs
-        self._config = config or kernel_config()
+        self._config = config
         self._solvers: dict = {}
 
     def supports(self, params) -> bool:
@@ -110,16 +110,17 @@ class _TritonKernels:
 
     def pyramid(self, I0: torch.Tensor, I1: torch.Tensor, params, flow0: torch.Tensor | None) -> torch.Tensor:
         """The whole coarse-to-fine solve of ``I0``, ``I1`` ``(N, H, W)``: one solver (workspace and graph cache)
-        per device, graphs used when enabled at the time of the call."""
+        per device and configuration, graphs used when enabled at the time of the call."""
         from actrec.pipeline.tvl1.triton_level import TritonSolver
 
         if os.environ.get("TRITON_INTERPRET", "0") != "1":
             _Announcer.once(self.log)
         dev = I0.device
-        solver = self._solvers.get(dev)
+        config = self._config or kernel_config()
+        solver = self._solvers.get((dev, config))
         if solver is None:
             graphs = self._graphs or (GraphCache(cuda_capture) if dev.type == "cuda" else None)
-            solver = self._solvers[dev] = TritonSolver(dev, self._config, graphs)
+            solver = self._solvers[(dev, config)] = TritonSolver(dev, config, graphs)
         solver.use_graphs = self._graphs is not None or graphs_enabled(dev)
         return solver.pyramid(I0, I1, params, flow0)
 
@@ -127,11 +128,19 @@ class _TritonKernels:
         return self._eager[name](*args)
 
 
+PASSES_CONFIG = StepConfig(bh=32, bw=64, num_warps=16, max_registers=128, k=4)  # 24 x 56 pixels kept per region
+
+
 def kernel_config() -> StepConfig:
-    """The step kernel's configuration that benchmarks/bench_kernels_static.py recommends (``--configs``, compiled
-    by the GPU image's Triton 3.6; the table in benchmarks/RESULTS.md): tiles of 16 x 64 pixels, 4 warps, 128
-    registers (the best issue bound among the tiles that fit 128 registers without a stack at every level)."""
-    return StepConfig(bh=16, bw=64, num_warps=4, max_registers=128)
+    """The iterations' configuration that benchmarks/bench_kernels_static.py recommends (``--configs``; the table in
+    benchmarks/RESULTS.md): one pass per iteration on 16 x 64 tiles, 4 warps, 128 registers, the best H200 roofline
+    among the candidates that fit 128 registers without a stack under the GPU image's Triton 3.6. Env
+    ACTREC_TVL1_PASS_ITERATIONS=4 selects 4 iterations per pass on 32 x 64 regions (:data:`PASSES_CONFIG`, the
+    table's best on the H100), so that a GPU check can measure both."""
+    env = os.environ.get("ACTREC_TVL1_PASS_ITERATIONS", "").strip()
+    if env not in ("", "1", "4"):
+        raise InputError(f"ACTREC_TVL1_PASS_ITERATIONS must be 1 or 4, got {env!r}")
+    return PASSES_CONFIG if env == "4" else StepConfig(bh=16, bw=64, num_warps=4, max_registers=128)
 
 
 _kernels_cache: dict = {}

@@ -84,7 +84,9 @@ def resource_usage(cubin: bytes) -> dict[str, int]:
 
 def sass_instructions(cubin: bytes) -> tuple[str, ...]:
     """The SASS instructions of the cubin (``nvdisasm``), the kernel's own and its subroutines' (the IEEE division
-    and square-root slow paths), without the NOPs that pad the code to its alignment."""
+    and square-root slow paths), without the NOPs that pad the code to its alignment. The kernels have no loops
+    over pixels or iterations (they are unrolled), so this is what a thread issues per work item, every branch
+    counted; a persistent kernel's loop over its work items runs its body once per item."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()

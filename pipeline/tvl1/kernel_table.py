@@ -17,8 +17,8 @@ from typing import Callable
 
 import torch
 
-KERNEL_MODULES = ("actrec.pipeline.tvl1.triton_step", "actrec.pipeline.tvl1.triton_warp",
-                  "actrec.pipeline.tvl1.triton_pyramid")
+KERNEL_MODULES = ("actrec.pipeline.tvl1.triton_step", "actrec.pipeline.tvl1.triton_block",
+                  "actrec.pipeline.tvl1.triton_warp", "actrec.pipeline.tvl1.triton_pyramid")
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,8 @@ class Launch:
     per: str
     iterations: int = 1
     times: int = 1
+    scratch: tuple[str, ...] = ()
+    items: int = 0  # work items of a persistent kernel (its programs loop over them); 0: one per program
 
     @property
     def programs(self) -> int:
@@ -49,6 +51,10 @@ class Launch:
         for g in self.grid:
             total *= g
         return total
+
+    @property
+    def work_items(self) -> int:
+        return self.items or self.programs
 
 
 @dataclass(frozen=True)
@@ -67,11 +73,13 @@ def _random_level(h: int, w: int, n: int, config):
     """A workspace level of ``n`` pairs of ``h x w`` on the CPU holding a realistic state (random u, p and constants,
     every pair listed and active), and its I0, I1 and (I1, I1x, I1y)."""
     from actrec.pipeline.tvl1.params import TVL1Params
+    from actrec.pipeline.tvl1.triton_block import scratch_floats
     from actrec.pipeline.tvl1.triton_step import tiles
     from actrec.pipeline.tvl1.workspace import Workspace
 
     g = torch.Generator().manual_seed(0)
-    level = Workspace("cpu").level(n, h, w, TVL1Params(), tiles(h, w, config))
+    scratch = scratch_floats(config) if config.k > 1 else 0
+    level = Workspace("cpu").level(n, h, w, TVL1Params(), tiles(h, w, config), scratch)
     level.state.copy_(torch.randn(level.state.shape, generator=g))
     consts = torch.randn(level.consts.shape, generator=g) * 20
     consts[:, 3] = consts[:, 0] ** 2 + consts[:, 1] ** 2
@@ -106,10 +114,7 @@ def _launches(h, w, n, config, finer, coarser, medians) -> list[Launch]:
     level, I0, I1 = _random_level(h, w, n, config)
     pix = n * h * w
     level.state[:, 0, :2] = (torch.rand(level.state[:, 0, :2].shape) - 0.5) * 4  # flows of up to 2 px
-    out = [Launch("step", "step", *triton_step.step_launch(level, n, 0, config), pix, config.bh * config.bw,
-                  "iteration"),
-           Launch("pair_error", "side", *triton_step.pair_error_launch(level, n, 0, config), pix, h * w,
-                  "iteration")]
+    out = _step_launches(level, config)
     for k in medians:
         fn, grid, args, kwargs = triton_warp.median_launch(level, n, k)
         out.append(Launch("median" if k == 5 else f"median{k}", "side", fn, grid, args, kwargs, 2 * pix,
@@ -129,6 +134,31 @@ def _launches(h, w, n, config, finer, coarser, medians) -> list[Launch]:
         fn, grid, args, kwargs = triton_pyramid.resize_launch(big, dst, (h, w), taps, 1.0, pair, pitch)
         out.append(Launch(name, "side", fn, grid, args, kwargs, pix, kwargs["BLOCK"], "level", times=2))
     return out
+
+
+def _step_launches(level, config) -> list[Launch]:
+    """The launches of the iterations: the one-pass kernel and its per-pair error sum, or (``config.k`` > 1) a
+    pass of k iterations, its per-pair stop decision, and the replay of the pairs that stopped inside it."""
+    from actrec.pipeline.tvl1 import triton_block, triton_step
+
+    n, h, w = level.n, level.h, level.w
+    pix = n * h * w
+    if config.k == 1:
+        return [Launch("step", "step", *triton_step.step_launch(level, n, 0, config), pix, config.bh * config.bw,
+                       "iteration"),
+                Launch("pair_error", "side", *triton_step.pair_error_launch(level, n, 0, config), pix, h * w,
+                       "iteration")]
+    k = config.k
+    kept = (config.bh - 2 * k) * (config.bw - 2 * k)
+    items = n * triton_block.block_tiles(h, w, config)
+    return [Launch("block", "step", *triton_block.block_launch(level, n, k, 0, config, False), pix, kept, "pass",
+                   iterations=k, scratch=("scratch_ptr",), items=items),
+            Launch("block_error", "side", *triton_block.block_error_launch(level, n, k, 0, config, False), pix,
+                   h * w, "pass", iterations=k),
+            Launch("block_replay", "side", *triton_block.block_launch(level, n, k, 0, config, True), pix, kept,
+                   "replay", iterations=k, scratch=("scratch_ptr",), items=items),
+            Launch("block_replay_error", "side", *triton_block.block_error_launch(level, n, k, 0, config, True),
+                   pix, h * w, "replay", iterations=k)]
 
 
 def _interpreting() -> bool:
@@ -201,6 +231,7 @@ class Footprint:
     loaded: int = 0
     stored: int = 0
     program_loaded: int = 0
+    scratch: int = 0  # bytes of every load and store to a scratch argument (on chip by design)
     by_argument: dict = field(default_factory=dict)
 
 
@@ -248,6 +279,12 @@ def _footprint(events, launch: Launch) -> Footprint:
     ranges = [(i, t.data_ptr(), t.data_ptr() + t.numel() * t.element_size())
               for i, t in enumerate(launch.args) if isinstance(t, torch.Tensor)]
     fp = Footprint()
+    scratch = [(lo, hi) for i, lo, hi in ranges if launch.fn.arg_names[i] in launch.scratch]
+    for lo, hi in scratch:  # on chip by design: reported apart from the DRAM counts
+        fp.scratch += sum(int(((a >= lo) & (a < hi)).sum()) * s for _, _, a, s in events)
+    events = [(p, k, a[~np.any([(a >= lo) & (a < hi) for lo, hi in scratch], axis=0)] if scratch else a, s)
+              for p, k, a, s in events]
+    events = [e for e in events if len(e[2])]
     if not events:
         return fp
     addr = np.concatenate([a for _, _, a, _ in events])  # in the order the program ran them

@@ -9,10 +9,12 @@ from dataclasses import dataclass
 class StepConfig:
     """Tile of the step kernel: ``bh`` rows x ``bw`` columns, ``num_warps`` warps per program (at 16 x 64 and 4
     warps each thread computes 8 pixels), and the registers per thread ptxas must fit it in (``max_registers``:
-    128 keeps 16 warps resident per SM; the compiled code is checked to need no stack).
-    benchmarks/bench_kernels_static.py compares the candidates."""
+    128 keeps 16 warps resident per SM; the compiled code is checked to need no stack). ``k`` > 1: k iterations
+    per pass (:mod:`.triton_block`) on regions of ``bh x bw`` whose outer k rows and columns on each side are the
+    halo. benchmarks/bench_kernels_static.py compares the candidates."""
 
     bh: int = 16
     bw: int = 64
     num_warps: int = 4
     max_registers: int = 128
+    k: int = 1

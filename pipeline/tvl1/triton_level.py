@@ -23,6 +23,7 @@ from actrec.pipeline.tvl1.ops import pyramid_sizes
 from actrec.pipeline.tvl1.params import TVL1Params, _Consts, _f32
 from actrec.pipeline.tvl1.triton_pyramid import gradient_stack, resize, resize_launch, resize_taps
 from actrec.pipeline.tvl1.step_config import StepConfig
+from actrec.pipeline.tvl1.triton_block import block_error_launch, block_launch, scratch_floats
 from actrec.pipeline.tvl1.triton_step import launch, pair_error_launch, step_launch, tiles
 from actrec.pipeline.tvl1.triton_warp import median_launch, warp_launch
 from actrec.pipeline.tvl1.workspace import Level, Workspace, pitch
@@ -43,6 +44,11 @@ def graph_key(h: int, w: int, listed: int, params: TVL1Params, config: StepConfi
             params.median_filtering, config)
 
 
+def passes(inner: int, k: int) -> list[int]:
+    """The iterations of each pass of at most ``k`` that make up ``inner`` (30 by 4: seven of 4, one of 2)."""
+    return [k] * (inner // k) + ([inner % k] if inner % k else [])
+
+
 class TritonSolver:
     """The pyramid and levels on one device's workspace; ``graphs`` replays the outer iterations when
     ``use_graphs`` (else, or without a cache: direct launches)."""
@@ -52,6 +58,7 @@ class TritonSolver:
         self.config = config
         self.graphs = graphs
         self.use_graphs = graphs is not None
+        self._scratch = scratch_floats(config) if config.k > 1 else 0
         self._generation = self.ws.generation  # of the buffers the cached graphs were captured on
 
     def pyramid(self, I0: torch.Tensor, I1: torch.Tensor, params: TVL1Params,
@@ -60,7 +67,8 @@ class TritonSolver:
         ``(N, H, W, 2)``."""
         n, h, w = I0.shape
         sizes = pyramid_sizes(h, w, params.nscales, params.scale_step)
-        self.ws.reserve(n, h * pitch(w), tiles(h, w, self.config))  # the finest level: no growth on the way up
+        self.ws.reserve(n, h * pitch(w), tiles(h, w, self.config), self._scratch)  # the finest level: no growth
+
         step = params.scale_step
         I0s, I1s = [I0.contiguous()], [I1.contiguous()]
         for s in range(1, len(sizes)):
@@ -76,7 +84,7 @@ class TritonSolver:
             u2 = torch.zeros_like(u1)
         up = _f32(1.0 / step)
         for s in range(len(sizes) - 1, -1, -1):
-            level = self.ws.level(n, *sizes[s], params, tiles(*sizes[s], self.config))
+            level = self.ws.level(n, *sizes[s], params, tiles(*sizes[s], self.config), self._scratch)
             if s == len(sizes) - 1:
                 level.load_flow(u1, u2)
             else:
@@ -121,10 +129,17 @@ class TritonSolver:
         def block():
             if median:
                 launch(median_launch(level, padded, ksize))
-            for i in range(params.inner_iterations):
-                shift = int(median and i == 0)  # the first iteration reads the median's output set
-                launch(step_launch(level, padded, shift, self.config))
-                launch(pair_error_launch(level, padded, shift, self.config))
+            if self.config.k == 1:
+                for i in range(params.inner_iterations):
+                    shift = int(median and i == 0)  # the first iteration reads the median's output set
+                    launch(step_launch(level, padded, shift, self.config))
+                    launch(pair_error_launch(level, padded, shift, self.config))
+                return
+            for i, iters in enumerate(passes(params.inner_iterations, self.config.k)):
+                shift = int(median and i == 0)
+                for replay in (False, True):  # the pass, then the pairs that stopped inside it, replayed
+                    launch(block_launch(level, padded, iters, shift, self.config, replay))
+                    launch(block_error_launch(level, padded, iters, shift, self.config, replay))
 
         def list_rows():
             level.list_pairs(rows, padded)

@@ -53,32 +53,31 @@ def _hypot(a, b):
 
 
 @triton.jit
-def _primal(u_in, p_in, c_in, y, x, m, P: tl.constexpr, HP: tl.constexpr, l_t, theta):
-    """The new (u1, u2) at pixels (y, x) (OpenCV's estimateV, divergence, u = v + theta div p) and the old u;
-    ``u_in``/``p_in``/``c_in``: the pair's u1, p11 and I1wx planes (the others follow at ``HP`` floats); ``m``
-    masks the pixels computed (their masked-off values are never used)."""
-    off = y * P + x
+def _primal(u_in, p_in, c_in, off, c_off, m, ml, mu, first_col, ROW: tl.constexpr, PL: tl.constexpr,
+            CPL: tl.constexpr, l_t, theta):
+    """The new (u1, u2) at offsets ``off`` of the u1 and p11 planes ``u_in``/``p_in`` (the others ``PL`` floats
+    apart, rows ``ROW`` floats apart) and ``c_off`` of the I1wx plane ``c_in`` (the others ``CPL`` apart): OpenCV's
+    estimateV, divergence, u = v + theta div p; and the old u. ``m`` masks the pixels computed (their masked-off
+    values are never used), ``ml``/``mu`` those whose left/upper neighbour is inside the image (p = 0 outside),
+    ``first_col`` the image's first column."""
     u1 = tl.load(u_in + off, mask=m)
-    u2 = tl.load(u_in + HP + off, mask=m)
-    wx = tl.load(c_in + off, mask=m)
-    wy = tl.load(c_in + HP + off, mask=m)
-    rc = tl.load(c_in + 2 * HP + off, mask=m)
-    gs = tl.load(c_in + 3 * HP + off, mask=m, other=1.0)
+    u2 = tl.load(u_in + PL + off, mask=m)
+    wx = tl.load(c_in + c_off, mask=m)
+    wy = tl.load(c_in + CPL + c_off, mask=m)
+    rc = tl.load(c_in + 2 * CPL + c_off, mask=m)
+    gs = tl.load(c_in + 3 * CPL + c_off, mask=m, other=1.0)
     rho = rc + (wx * u1 + wy * u2)
     fi = tl.minimum(tl.maximum(tl.div_rn(-rho, gs), -l_t), l_t)
-    ml = m & (x > 0)  # left neighbour inside (p = 0 outside)
-    mu = m & (y > 0)  # upper neighbour inside
-    first_col = x == 0
     p11 = tl.load(p_in + off, mask=m)
-    p12 = tl.load(p_in + HP + off, mask=m)
+    p12 = tl.load(p_in + PL + off, mask=m)
     p11l = tl.load(p_in + off - 1, mask=ml, other=0.0)
-    p12u = tl.load(p_in + HP + off - P, mask=mu, other=0.0)
+    p12u = tl.load(p_in + PL + off - ROW, mask=mu, other=0.0)
     # OpenCV's first column adds in the order (v1 + v2) - v2[y-1]; elsewhere (v1 - v1[x-1]) + (v2 - v2[y-1])
     div1 = tl.where(first_col, (p11 + p12) - p12u, (p11 - p11l) + (p12 - p12u))
-    p21 = tl.load(p_in + 2 * HP + off, mask=m)
-    p22 = tl.load(p_in + 3 * HP + off, mask=m)
-    p21l = tl.load(p_in + 2 * HP + off - 1, mask=ml, other=0.0)
-    p22u = tl.load(p_in + 3 * HP + off - P, mask=mu, other=0.0)
+    p21 = tl.load(p_in + 2 * PL + off, mask=m)
+    p22 = tl.load(p_in + 3 * PL + off, mask=m)
+    p21l = tl.load(p_in + 2 * PL + off - 1, mask=ml, other=0.0)
+    p22u = tl.load(p_in + 3 * PL + off - ROW, mask=mu, other=0.0)
     div2 = tl.where(first_col, (p21 + p22) - p22u, (p21 - p21l) + (p22 - p22u))
     n1 = (u1 + fi * wx) + theta * div1
     n2 = (u2 + fi * wy) + theta * div2
@@ -86,19 +85,20 @@ def _primal(u_in, p_in, c_in, y, x, m, P: tl.constexpr, HP: tl.constexpr, l_t, t
 
 
 @triton.jit
-def _dual(p_in, p_out, u_new, n, off, m, mr, md, P: tl.constexpr, HP: tl.constexpr, taut):
+def _dual(p_in, p_out, u_new, n, off, m, mr, md, ROW: tl.constexpr, PL: tl.constexpr, taut):
     """One flow component's dual update (estimateDualVariables): the forward gradient of the new u (0 on the last
-    column / row), p = (p + taut grad u) / (1 + taut |grad u|); ``u_new``: the component's new plane, read back
-    at the right and lower neighbours."""
+    column / row: ``mr``/``md`` mask the pixels whose right/lower neighbour is inside), p = (p + taut grad u) /
+    (1 + taut |grad u|); ``u_new``: the component's new plane, read back at the right and lower neighbours; the
+    component's two p planes are ``PL`` floats apart, rows ``ROW``."""
     r = tl.load(u_new + off + 1, mask=mr)
-    d = tl.load(u_new + off + P, mask=md)
+    d = tl.load(u_new + off + ROW, mask=md)
     ux = tl.where(mr, r - n, 0.0)
     uy = tl.where(md, d - n, 0.0)
     ng = 1.0 + taut * _hypot(ux, uy)
     pa = tl.load(p_in + off, mask=m)
-    pb = tl.load(p_in + HP + off, mask=m)
+    pb = tl.load(p_in + PL + off, mask=m)
     tl.store(p_out + off, tl.div_rn(pa + taut * ux, ng), mask=m)
-    tl.store(p_out + HP + off, tl.div_rn(pb + taut * uy, ng), mask=m)
+    tl.store(p_out + PL + off, tl.div_rn(pb + taut * uy, ng), mask=m)
 
 
 @triton.jit
@@ -128,7 +128,8 @@ def _step_kernel(state_ptr, const_ptr, pairs_ptr, act_ptr, par_ptr, part_ptr, l_
             x = x0 + tl.arange(0, BW)[None, :]
             m = (y < H) & (x < P)  # whole 4-float vectors: the padding columns [W, P) compute harmless values
             off = y * P + x
-            n1, n2, u1, u2 = _primal(u_in, p_in, c_in, y, x, m, P, HP, l_t, theta)
+            n1, n2, u1, u2 = _primal(u_in, p_in, c_in, off, off, m, m & (x > 0), m & (y > 0), x == 0, P, HP, HP,
+                                     l_t, theta)
             tl.store(u_out + off, n1, mask=m)
             tl.store(u_out + HP + off, n2, mask=m)
             e1 = n1 - u1
@@ -140,9 +141,11 @@ def _step_kernel(state_ptr, const_ptr, pairs_ptr, act_ptr, par_ptr, part_ptr, l_
             hy = tl.where(k < BW, y0 + BH, y0 + k - BW)
             hx = tl.where(k < BW, x0 + k, x0 + BW)
             hm = (k < BW + BH) & (hy < H) & (hx < W)
-            h1, h2, _, _ = _primal(u_in, p_in, c_in, hy, hx, hm, P, HP, l_t, theta)
-            tl.store(u_out + hy * P + hx, h1, mask=hm)
-            tl.store(u_out + HP + hy * P + hx, h2, mask=hm)
+            hoff = hy * P + hx
+            h1, h2, _, _ = _primal(u_in, p_in, c_in, hoff, hoff, hm, hm & (hx > 0), hm & (hy > 0), hx == 0, P, HP,
+                                   HP, l_t, theta)
+            tl.store(u_out + hoff, h1, mask=hm)
+            tl.store(u_out + HP + hoff, h2, mask=hm)
             tl.debug_barrier()  # the tile's and the halo's new u are visible to all the program's threads
             mr = m & (x + 1 < W)
             md = m & (y + 1 < H)
@@ -189,7 +192,10 @@ def program_block(items: int, gpu_block: int) -> int:
 
 
 def tiles(h: int, w: int, config: StepConfig) -> int:
-    """Tiles of one pair (the length of its row of partial errors)."""
+    """Partial errors of one pair: its tiles (times the iterations of a pass, for k > 1: (bh - 2k) x (bw - 2k)
+    output tiles, :mod:`.triton_block`)."""
+    if config.k > 1:
+        return config.k * triton.cdiv(h, config.bh - 2 * config.k) * triton.cdiv(w, config.bw - 2 * config.k)
     return triton.cdiv(h, config.bh) * triton.cdiv(w, config.bw)
 
 
@@ -197,7 +203,7 @@ def step_launch(level, m: int, u_shift: int, config: StepConfig):
     """``(kernel, grid, args, kwargs)`` of one iteration of the first ``m`` listed pairs of ``level`` (a
     :class:`~.workspace.Level`)."""
     ws = level.ws
-    grid = (tiles(level.h, level.w, config), m)
+    grid = (triton.cdiv(level.h, config.bh) * triton.cdiv(level.w, config.bw), m)
     args = (level.state, level.consts, ws.pairs, ws.active, ws.parity, level.parts, level.l_t, level.theta,
             level.taut, u_shift)
     kwargs = {"H": level.h, "W": level.w, "P": level.pitch, "BH": config.bh, "BW": config.bw,

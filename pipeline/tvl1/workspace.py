@@ -7,7 +7,9 @@ One :class:`Workspace` per device holds, for up to ``capacity`` pairs of up to `
 - ``parity``: per pair the set holding its u and the set holding its p, ``(N, 2)`` int32;
 - ``active``: per pair whether it still iterates in the current warp, ``(N,)`` int32;
 - ``pairs``: the list of the pairs a launch works on (-1 pads it to a power of two), int32;
-- ``parts`` and ``err``: the per-tile and per-pair errors of the last iteration.
+- ``parts`` and ``err``: the per-tile and per-pair errors of the last iteration (of each iteration of a pass);
+- ``count`` and ``scratch``: the iterations a pair replays, and the regions of the several-iterations kernel
+  (:mod:`.triton_block`).
 
 A pyramid level is a :class:`Level`: views of these buffers for ``n`` pairs of ``h x w`` with a row pitch of
 ``P = ceil(w / 4) * 4`` floats (16-byte aligned rows). The views of every level and batch size start at the same
@@ -37,15 +39,18 @@ class Workspace:
         self.capacity = 0
         self.max_plane = 0
         self.max_tiles = 0
+        self.max_scratch = 0
         self.generation = 0
 
-    def reserve(self, n: int, plane: int, tiles: int) -> None:
-        """Make room for ``n`` pairs with ``plane`` floats per plane and ``tiles`` tiles per pair."""
-        if n <= self.capacity and plane <= self.max_plane and tiles <= self.max_tiles:
+    def reserve(self, n: int, plane: int, tiles: int, scratch: int = 0) -> None:
+        """Make room for ``n`` pairs with ``plane`` floats per plane, ``tiles`` partial errors per pair and
+        ``scratch`` floats of scratch."""
+        if n <= self.capacity and plane <= self.max_plane and tiles <= self.max_tiles and scratch <= self.max_scratch:
             return
         self.capacity = max(n, self.capacity)
         self.max_plane = max(plane, self.max_plane)
         self.max_tiles = max(tiles, self.max_tiles)
+        self.max_scratch = max(scratch, self.max_scratch)
         cap, dev = self.capacity, self.device
         # zeros: the padding columns of a plane hold finite values from the start (they are computed, never used)
         self.state = torch.zeros(cap * 12 * self.max_plane, device=dev)
@@ -55,11 +60,13 @@ class Workspace:
         self.pairs = torch.full((padded_batch(cap),), -1, dtype=torch.int32, device=dev)
         self.parts = torch.zeros(cap * self.max_tiles, dtype=torch.float64, device=dev)
         self.err = torch.zeros(cap, dtype=torch.float64, device=dev)
+        self.count = torch.zeros(cap, dtype=torch.int32, device=dev)
+        self.scratch = torch.zeros(self.max_scratch, device=dev)
         self.generation += 1
 
-    def level(self, n: int, h: int, w: int, params: TVL1Params, tiles: int) -> "Level":
+    def level(self, n: int, h: int, w: int, params: TVL1Params, tiles: int, scratch: int = 0) -> "Level":
         """The views of a level of ``n`` pairs of ``h x w`` (growing the buffers if needed)."""
-        self.reserve(n, h * pitch(w), tiles)
+        self.reserve(n, h * pitch(w), tiles, scratch)
         return Level(self, n, h, w, params, tiles)
 
 
