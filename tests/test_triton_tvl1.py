@@ -6,7 +6,8 @@ that executes this file as a script with the variable set, and print one JSON ob
 part. Where the kernel performs the reference's float32 operations in the same order, the outputs must be
 bit-identical; the per-pair error sum (float64) is checked to be independent of the batch and within 1e-12
 (relative) of PyTorch's sum, whose order differs. The step kernel runs with small tiles (8 x 16) so that a
-21 x 37 image has 3 x 3 tiles and every halo between tiles is exercised; the solver runs the default tiles.
+21 x 37 image has 3 x 3 tiles and every halo between tiles is exercised; several iterations per pass run on
+16 x 16 regions (8 x 8 kept); the solver runs the default configuration and the other family.
 """
 
 from __future__ import annotations
@@ -344,6 +345,19 @@ def _plane_ops_in_levels(img0: np.ndarray, img1: np.ndarray) -> list[str]:
     return sorted(found)
 
 
+def _peak_per_pixel(img0: np.ndarray, img1: np.ndarray) -> dict:
+    """The Triton solver's peak tensor bytes per pixel per pair (a fresh workspace, counted inside the call)
+    against what batches are sized with."""
+    from actrec.pipeline.tvl1 import backend, floor, solver
+    from actrec.pipeline.tvl1.params import TVL1Params
+
+    params = TVL1Params(warps=1, outer_iterations=2, inner_iterations=2)
+    n, h, w = img0.shape
+    backend._kernels_cache.pop(("triton", None), None)  # a fresh workspace, allocated inside the count
+    peak = floor.peak_tensor_bytes(lambda: solver.tvl1_flow(img0, img1, params, kernels="triton", chunk=n))
+    return {"peak_per_pixel": peak / (n * h * w), "sized_per_pixel": floor.bytes_per_pixel_pair(params, "triton")}
+
+
 def run_checks(videos: Path) -> dict:
     import time
 
@@ -371,6 +385,7 @@ def run_checks(videos: Path) -> dict:
     results.update(_solver_check(img0, img1))
     results["passes_solver_equal"] = _passes_solver_check(img0, img1)
     results["plane_ops_in_levels"] = _plane_ops_in_levels(img0, img1)
+    results.update(_peak_per_pixel(img0, img1))
     t.append(time.perf_counter())
     results["seconds"] = [round(b - a, 2) for a, b in zip(t, t[1:])]
     return results
@@ -431,6 +446,10 @@ def test_triton_solver_with_replayed_outer_iterations_equals_cpu_solver(checks):
     assert checks["graphed_solver_equal"]
     first, second = checks["graphed_captures"]
     assert first >= 2 and second == 0
+
+
+def test_batches_sized_by_bytes_per_pixel_pair_fit(checks):
+    assert checks["peak_per_pixel"] <= checks["sized_per_pixel"]
 
 
 def test_levels_move_no_state_and_run_no_eager_pixel_work(checks):

@@ -123,8 +123,9 @@ def peak_tensor_bytes(fn: Callable[[], object]) -> int:
 
 # Peak bytes per pixel (of the finest level) per pair, measured with peak_tensor_bytes on the CUDA schedule, default
 # pyramid, 2 real-sized pairs (benchmarks/bench_flow.py --memory; benchmarks/RESULTS.md): PyTorch kernels 240 at
-# 340x256 (280 before the remap's int32 rewrite), Triton kernels 152 at 128x96 (under TRITON_INTERPRET=1).
-_MEASURED_BYTES_PER_PIXEL_PAIR = {"torch": 240, "triton": 152}
+# 340x256 (280 before the remap's int32 rewrite), Triton kernels 101 at 340x256 under TRITON_INTERPRET=1 (the
+# workspace: two sets of the state and the constants, 64 bytes; 152 at 128x96 before it).
+_MEASURED_BYTES_PER_PIXEL_PAIR = {"torch": 240, "triton": 101}
 _HEADROOM = 1.1  # the CUDA caching allocator rounds blocks up and fragments; not measured on a GPU
 
 
