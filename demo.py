@@ -27,8 +27,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
-from joblib import Parallel, delayed
 
 from actrec.errors import ActrecError
 from actrec.fusion.model import LateFusion, apply_fusion, load_fusion
@@ -170,6 +168,8 @@ def run_logged(argv: list[str]) -> list[str]:
 
 def run_chain(commands: list[list[str]], threads: int) -> list[str]:
     """Run one model's chain with ``threads`` torch threads; the lines to print."""
+    import torch  # here, not at the top: the command line imports this module for the demo command's options
+
     torch.set_num_threads(threads)
     return [line for argv in commands for line in run_logged(argv)]
 
@@ -190,6 +190,8 @@ def run_models(workdir: Path, config: DemoConfig, echo: Callable[[str], None]) -
     echo(f"\nTraining, evaluating and fusing {len(RUNS)} models ({', '.join(CHAIN_ORDER)}) in {jobs} "
          f"processes, {threads} thread{'s' if threads > 1 else ''} each; each model's commands are printed when it "
          "is done.")
+    from joblib import Parallel, delayed
+
     chains = (delayed(run_chain)(model_commands(workdir, config, run), threads) for run in CHAIN_ORDER)
     for lines in Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered")(chains):
         for line in lines:

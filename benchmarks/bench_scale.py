@@ -5,7 +5,7 @@ direction, a class-per-folder tree). The stages run as the user runs them, each 
 ``make-manifest folder``, ``extract-frames``, ``compute-flow --backend opencv`` (with a one-scale, one-warp
 TV-L1 unless ``--full-tvl1``: what grows with the videos is the stage's own work, TV-L1's cost per pair is
 measured by bench_flow.py) and the training loader
-(``actrec.training.trainer.train_loader``: every video read once through 2 DataLoader workers). Per stage: time
+(``actrec.training.feed.train_loader``: every video read once through 2 DataLoader workers). Per stage: time
 per video, peak resident memory of the stage's process tree, and the time of a rerun when everything is already
 done (a resume must take seconds, not redo work). Then the growth from the first size to the last: the goal is
 time linear in the videos (per-video time flat) and memory flat.
@@ -40,12 +40,12 @@ import sys, torch
 from actrec.data_manifests.manifest import read_manifest
 from actrec.training.config import TrainConfig
 from actrec.training.datasets import ClipSource
-from actrec.training.trainer import train_loader
+from actrec.training.feed import train_loader
 torch.set_num_threads(1)
 rows = read_manifest(sys.argv[3])
 config = TrainConfig(frames=sys.argv[1], flow=sys.argv[2], segments=2, flow_length=5, crop=16, resize=24,
                      scales=(1.0,), batch_size=16, iterations=len(rows) // 16, workers=2)
-seen = sum(len(labels) for _, _, labels in train_loader(config, ClipSource(sys.argv[1], sys.argv[2], rows, 5)))
+seen = sum(len(batch) for batch in train_loader(config, ClipSource(sys.argv[1], sys.argv[2], rows, 5)))
 print(f"loader: {seen} clips")
 """
 

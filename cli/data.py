@@ -1,4 +1,8 @@
-"""Data preparation commands: synthetic dataset, manifests, frame extraction, mmaction2 rawframes export and import."""
+"""Data preparation commands: synthetic dataset, manifests, frame extraction, mmaction2 rawframes export and import.
+
+The stages (decoding, stores, OpenCV) are imported by the commands that run them, so that ``--help`` and
+make-manifest start at once.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,13 @@ import click
 
 from actrec.cli.group import cli
 from actrec.cli.options import finish_stages, parallel_options, parse_numbers
-from actrec.data_manifests.build import (KINETICS_PATTERN, check_videos, folder_manifest, hmdb51_manifest,
+from actrec.data_manifests.build import (KINETICS_PATTERN, HoldOut, check_videos, folder_manifest, hmdb51_manifest,
                                          kinetics_manifest, scan_videos, ucf101_manifest)
 from actrec.data_manifests.manifest import read_manifest, write_manifest
 from actrec.errors import ActrecError
 from actrec.pipeline import synth as _synth
-from actrec.pipeline.decode import ResizeSpec
-from actrec.pipeline.frames import ENCODINGS, PARTIAL_POLICIES, ExtractOptions, extract_frames
-from actrec.pipeline.rawframes import export_rawframes, import_rawframes
+from actrec.pipeline.frames import ENCODINGS, PARTIAL_POLICIES
+from actrec.wording import counted
 
 
 def _parse_size(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
@@ -79,6 +82,10 @@ Examples:
   actrec make-manifest hmdb51 --splits-dir testTrainMulti_7030_splits --split 2 -o hmdb51_s2.csv
   actrec make-manifest kinetics400 --csv kinetics-400_val.csv --label-map label_map_k400.txt -o k400_val.csv
   actrec make-manifest folder --video-root my_videos -o mine.csv
+  actrec make-manifest folder --video-root my_videos --test-fraction 0.2 --val-fraction 0.1 --seed 0 -o mine.csv
+\b
+folder: my_videos/<class>/<video> (all train, or per class a held-out share with --test-fraction/--val-fraction,
+the same videos for the same --seed) or my_videos/<train|val|test>/<class>/<video> (the folders' splits).
 """)
 @click.argument("dataset", type=click.Choice(["ucf101", "hmdb51", "kinetics400", "folder"]))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Manifest CSV to write.")
@@ -96,9 +103,16 @@ Examples:
 @click.option("--video-root", type=click.Path(exists=True, file_okay=False),
               help="Check that every video exists here (required for 'folder').")
 @click.option("--keep-missing", is_flag=True, help="Keep rows whose video file is missing (default: drop them).")
+@click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="folder, flat <class>/<video> layout: share of every class's videos put in test (rounded, at "
+                   "least one video stays in train).")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="folder, flat layout: share of every class's videos put in val.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Which videos --test-fraction/--val-fraction hold out: the same seed, the same videos.")
 def make_manifest_cmd(dataset: str, output: str, splits_dir: str | None, split: int, class_list: str | None,
                       csv_files: tuple[str, ...], label_map: str | None, pattern: str, video_root: str | None,
-                      keep_missing: bool) -> None:
+                      keep_missing: bool, test_fraction: float, val_fraction: float, seed: int) -> None:
     """Build a manifest (video_id, path, label, label_name, split) from official split files or a folder tree."""
     if dataset in ("ucf101", "hmdb51") and not splits_dir:
         raise click.UsageError(f"{dataset} needs --splits-dir")
@@ -106,11 +120,15 @@ def make_manifest_cmd(dataset: str, output: str, splits_dir: str | None, split: 
         raise click.UsageError("kinetics400 needs at least one --csv")
     if dataset == "folder" and not video_root:
         raise click.UsageError("folder needs --video-root")
+    holding_out = test_fraction > 0 or val_fraction > 0
+    if holding_out and dataset != "folder":
+        raise click.UsageError(f"{dataset} has official splits; --test-fraction and --val-fraction are for folder")
+    holdout = HoldOut(test_fraction, val_fraction, seed) if holding_out else None
     builders = {
         "ucf101": lambda: ucf101_manifest(splits_dir, split),
         "hmdb51": lambda: hmdb51_manifest(splits_dir, split, class_list),
         "kinetics400": lambda: kinetics_manifest(csv_files, label_map, pattern),
-        "folder": lambda: folder_manifest(video_root),
+        "folder": lambda: folder_manifest(video_root, holdout=holdout),
     }
     build = builders[dataset]()
     if video_root and dataset != "folder":
@@ -119,14 +137,14 @@ def make_manifest_cmd(dataset: str, output: str, splits_dir: str | None, split: 
         click.echo(f"warning: {problem}", err=True)
     if len(build.problems) > 20:
         click.echo(f"warning: ... and {len(build.problems) - 20} more problems", err=True)
+    dropped = (f"{counted(len(build.duplicates), 'duplicate')}, {counted(len(build.unknown_labels), 'unknown label')}, "
+               f"{len(build.missing)} missing")
     if not build.rows:
-        raise ActrecError(f"{output}: not written, no video left ({len(build.duplicates)} duplicates, "
-                          f"{len(build.unknown_labels)} unknown labels, {len(build.missing)} missing)")
+        raise ActrecError(f"{output}: not written, no video left ({dropped})")
     count = write_manifest(output, build.rows)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(build.counts().items()))
     unplaced = f", {len(build.unplaced)} outside class folders" if build.unplaced else ""
-    click.echo(f"make-manifest: {count} videos ({counts}); {len(build.duplicates)} duplicates, "
-               f"{len(build.unknown_labels)} unknown labels, {len(build.missing)} missing{unplaced} -> {output}")
+    click.echo(f"make-manifest: {counted(count, 'video')} ({counts}); {dropped}{unplaced} -> {output}")
 
 
 @cli.command("extract-frames", epilog="""\b
@@ -154,12 +172,18 @@ A rerun with the same options skips finished videos. Failed videos are listed in
               help="A video that decodes only partly: keep its frames with a warning, or fail it.")
 @click.option("--videos-per-shard", type=click.IntRange(min=1), default=128, show_default=True,
               help="Videos per HDF5 shard (fixed when the store is created).")
+@click.option("--allow-outside-root", is_flag=True,
+              help="Read manifest paths that leave --video-root (absolute, or climbing out with ..); refused "
+                   "otherwise, as they usually mean a manifest made for another root.")
 @parallel_options
 def extract_frames_cmd(manifest: str | None, video_root: str, out: str, splits: str | None,
                        size: tuple[int, int] | None, short_side: int | None, fps: float | None, encoding: str,
-                       jpeg_qscale: int, partial: str, videos_per_shard: int, workers: int, rank: int | None,
-                       world_size: int | None, quiet: bool) -> None:
+                       jpeg_qscale: int, partial: str, videos_per_shard: int, allow_outside_root: bool, workers: int,
+                       rank: int | None, world_size: int | None, quiet: bool) -> None:
     """Decode videos (PyAV), resize, and store RGB frames in a sharded, resumable HDF5 frame store."""
+    from actrec.pipeline.decode import ResizeSpec
+    from actrec.pipeline.frames import ExtractOptions, extract_frames
+
     if size and short_side:
         raise click.UsageError("--size and --short-side are exclusive")
     resize = ResizeSpec(None, None, short_side) if short_side else ResizeSpec(*(size or (340, 256)))
@@ -167,7 +191,7 @@ def extract_frames_cmd(manifest: str | None, video_root: str, out: str, splits: 
     rows = _load_rows(manifest, video_root, splits)
     summary = extract_frames(rows, video_root, out, options, workers=workers, videos_per_shard=videos_per_shard,
                              rank=rank, world_size=world_size, progress=not quiet,
-                             log=lambda line: click.echo(line, err=True))
+                             allow_outside_root=allow_outside_root, log=lambda line: click.echo(line, err=True))
     finish_stages(summary)
 
 
@@ -190,6 +214,8 @@ grayscale JPEG) and, with --manifest, <split>_rawframes.txt / <split>_rawframes_
 def export_rawframes_cmd(frames_root: str, flow_root: str | None, out: str, manifest: str | None, quality: int,
                          workers: int, rank: int | None, world_size: int | None, quiet: bool) -> None:
     """Export frame and flow stores to the mmaction2 rawframe layout."""
+    from actrec.pipeline.rawframes import export_rawframes
+
     rows = read_manifest(manifest) if manifest else None
     summary = export_rawframes(frames_root, out, flow_root, rows, quality=quality, workers=workers, rank=rank,
                                world_size=world_size, progress=not quiet, log=lambda line: click.echo(line, err=True))
@@ -214,6 +240,8 @@ Examples:
 def import_rawframes_cmd(src: str, frames_out: str, flow_out: str | None, bound: float, videos_per_shard: int,
                          workers: int, rank: int | None, world_size: int | None, quiet: bool) -> None:
     """Build frame and flow stores from mmaction2/TSN rawframe folders, so no frame or flow is recomputed."""
+    from actrec.pipeline.rawframes import import_rawframes
+
     summaries = import_rawframes(src, frames_out, flow_out, bound=bound, videos_per_shard=videos_per_shard,
                                  workers=workers, rank=rank, world_size=world_size, progress=not quiet,
                                  log=lambda line: click.echo(line, err=True))

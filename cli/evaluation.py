@@ -20,7 +20,9 @@ Examples:
   actrec evaluate --checkpoint runs/stilt_s1/checkpoint.pt -o scores/stilt_s1_test.npz --fusion fusion.json
 \b
 Writes OUT.npz (per-stream softmax scores rgb and flow, the model's own fusion, ids, labels), OUT.per_class.csv
-and OUT.confusion.png, and prints top-1, top-5 and mean class accuracy per stream.""")
+and OUT.confusion.png, and prints top-1, top-5 and mean class accuracy per stream. -o's folder and --fusion are
+checked before any work. A video that cannot be read (damaged frame or flow, unreadable shard) is reported
+("failed: SHARD: video 'ID', frame 17: ...") and the others are scored; the exit code is then 1.""")
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False),
               help="checkpoint.pt of a training run (its config gives the model and the default data).")
 @click.option("--split", type=click.Choice(_SPLITS), default="test", show_default=True,
@@ -57,6 +59,11 @@ def evaluate_cmd(checkpoint: str, split: str, output: str, frames: str | None, f
     result = evaluate(checkpoint, output, options, progress=not quiet)
     click.echo(result.table)
     click.echo("wrote " + ", ".join(map(str, result.files)))
+    for line in result.failures:
+        click.echo(f"failed: {line}", err=True)
+    if result.failures:
+        click.echo(f"evaluate: {len(result.failures)} videos could not be read and are not in the scores", err=True)
+        sys.exit(1)
 
 
 @cli.command("predict", epilog="""\b
@@ -64,9 +71,11 @@ Examples:
   actrec predict clip.mp4 --checkpoint runs/stilt_s1/checkpoint.pt --fusion fusion.json --topk 5
   actrec predict a.mp4 b.avi --checkpoint runs/cot_s1/checkpoint.pt --gpu --json > predictions.json
 \b
-Frames and flow are computed as for the training stores (their recorded size, fps, TV-L1 parameters and bound).
-A video that cannot be decoded or is too short for flow is reported ("failed: FILE: reason") and the others are
-still predicted; the exit code is then 1.""")
+Frames and flow are computed as for the training stores (their recorded size, fps, TV-L1 parameters and bound),
+each stage with its progress bar on stderr. The first line says what the scores are: probabilities for the
+model's own fusion (and fusion files of method average or global), AWF fused scores or SVM scores otherwise.
+A video that cannot be decoded or is too short for flow is reported ("failed: FILE: reason", and under
+"failures" in --json) and the others are still predicted; the exit code is then 1.""")
 @click.argument("videos", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False),
               help="checkpoint.pt of a training run.")
@@ -77,23 +86,26 @@ still predicted; the exit code is then 1.""")
               help="Uniformly spaced test positions per video.")
 @click.option("--crops", type=click.Choice(["ten", "center"]), default="ten", show_default=True,
               help="10 crops or the centre crop per position.")
-@click.option("--gpu", is_flag=True, help="Flow and model on CUDA.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")
+@click.option("--gpu", is_flag=True, help="Flow and model on CUDA; an error (exit 2) without CUDA.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON document instead of text: score_kind, predictions, failures.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
 def predict_cmd(videos: tuple[str, ...], checkpoint: str, fusion: str | None, topk: int, positions: int, crops: str,
-                gpu: bool, as_json: bool) -> None:
+                gpu: bool, as_json: bool, quiet: bool) -> None:
     """Classify videos with a trained model: decode, TV-L1 flow, test-time protocol, optional fusion weights."""
     from actrec.training.predict import predict_videos
 
     run = predict_videos(videos, checkpoint, fusion=fusion, k=topk, gpu=gpu, positions=positions,
-                         ten_crop=crops == "ten", log=lambda line: click.echo(line, err=True))
+                         ten_crop=crops == "ten", progress=not quiet, log=lambda line: click.echo(line, err=True))
     if as_json:
-        click.echo(json.dumps([p.as_dict() for p in run.predictions], indent=2))
+        click.echo(json.dumps(run.as_dict(), indent=2))
     else:
+        click.echo(f"scores: {run.kind.meaning}")
         for p in run.predictions:
             click.echo(p.video)
-            for rank, (name, probability) in enumerate(zip(p.classes, p.probabilities), start=1):
-                click.echo(f"  {rank}. {name:30s} {probability:.3f}")
-    for line in run.failures:
-        click.echo(f"failed: {line}", err=True)
+            for rank, (name, score) in enumerate(zip(p.classes, p.scores), start=1):
+                click.echo(f"  {rank}. {name:30s} {score:.3f}")
+    for failure in run.failures:
+        click.echo(f"failed: {failure.line()}", err=True)
     if run.failures:
         sys.exit(1)

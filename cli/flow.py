@@ -8,9 +8,8 @@ import click
 
 from actrec.cli.group import cli
 from actrec.cli.options import finish_stages, parallel_options
-from actrec.pipeline.flow import (BACKENDS, COMPRESSIONS, DTYPES, FlowOptions, compute_flow, resolve_device,
-                                  store_compression)
-from actrec.pipeline.tvl1 import TVL1Params
+from actrec.pipeline.flow_spec import BACKENDS, COMPRESSIONS, DTYPES
+from actrec.pipeline.tvl1.params import TVL1Params
 
 
 def tvl1_options(func: Callable) -> Callable:
@@ -54,20 +53,24 @@ Examples:
   actrec compute-flow --frames frames/ --out flow/ --workers 2                  # CPU: OpenCV's TV-L1 in 2 processes
   actrec compute-flow --frames frames/ --out flow/ --gpu                        # one GPU, batched PyTorch TV-L1
   torchrun --nproc-per-node 8 -m actrec.cli compute-flow --frames frames/ --out flow/ --gpu   # 8 GPUs, own shards
+  srun --nodes 4 --ntasks-per-node 8 --gpus-per-node 8 actrec compute-flow --frames frames/ --out flow/ --gpu
 \b
 N frames give N-step flows; flow i maps frame i to frame i+step (0-based). Stored as uint8 in [-bound, bound].
 """)
 @click.option("--frames", "frames_root", required=True, type=click.Path(exists=True, file_okay=False),
               help="Frame store written by extract-frames.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Flow store folder (created or resumed).")
-@click.option("--gpu", is_flag=True, help="Compute on CUDA (cuda:$LOCAL_RANK under torchrun); an error without CUDA.")
+@click.option("--gpu", is_flag=True,
+              help="Compute on CUDA (cuda:$LOCAL_RANK under torchrun, cuda:$SLURM_LOCALID under srun); an error "
+                   "without CUDA.")
 @click.option("--backend", type=click.Choice(BACKENDS), default=None,
               help="torch (batched PyTorch TV-L1) or opencv (OpenCV's CPU TV-L1 in --workers processes) "
                    "[default: torch with --gpu, else opencv, the faster one on CPUs].")
 @click.option("--batch-pixels", type=click.IntRange(min=1), default=None,
               help="Frame pixels (H x W) per solver call, pairs of one frame shape from several videos "
                    "(5570560 = 64 pairs at 340x256) [default: what fits in the GPU's free memory; on the CPU "
-                   "8 such pairs per worker]. A batch that runs out of GPU memory is retried in halves.")
+                   "8 such pairs per worker, reached by doubling from one pair per worker so that the bar moves "
+                   "after the first pair]. A batch that runs out of GPU memory is retried in halves.")
 @click.option("--readers", type=click.IntRange(min=1), default=3, show_default=True,
               help="Threads reading and decoding frames ahead of the solver (one turns 1,500-1,900 JPEG frames "
                    "per CPU-second into gray at 340x256).")
@@ -78,7 +81,7 @@ N frames give N-step flows; flow i maps frame i to frame i+step (0-based). Store
 @click.option("--step", type=click.IntRange(min=1), default=1, show_default=True, help="Flow from frame i to i+step.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="uint8", show_default=True,
               help="uint8 (quantised, the field's convention) or float16 (unquantised pixels).")
-@click.option("--compression", type=click.Choice(list(COMPRESSIONS)), default=None,
+@click.option("--compression", type=click.Choice(COMPRESSIONS), default=None,
               help="HDF5 storage of each flow, all lossless: zstd (smallest of the fast ones), lz4hc or lz4 (faster "
                    "reads, larger; via hdf5plugin), gzip (any HDF5 reader), none [default: the codec of the store "
                    "at --out when resuming one, else zstd].")
@@ -90,6 +93,8 @@ def compute_flow_cmd(frames_root: str, out: str, gpu: bool, backend: str | None,
                      readers: int, writers: int | None, bound: float, step: int, dtype: str, compression: str | None,
                      videos_per_shard: int, workers: int, rank: int | None, world_size: int | None, quiet: bool, **tvl1: float) -> None:
     """TV-L1 optical flow of consecutive frames into a sharded, resumable HDF5 flow store."""
+    from actrec.pipeline.flow import FlowOptions, compute_flow, resolve_device, store_compression
+
     options = FlowOptions(params=tvl1_params(tvl1), bound=bound, step=step, dtype=dtype,
                           compression=compression or store_compression(out),
                           backend=backend or ("torch" if gpu else "opencv"), device=resolve_device(gpu),

@@ -53,6 +53,9 @@ Examples:
 @_score_source_options("train")
 @_score_source_options("test")
 @click.option("--stream-names", help="comma-separated names of the stacked .npy streams, e.g. rgb,flow")
+@click.option("--logits", is_flag=True,
+              help="the .npy scores are logits (e.g. mmaction2's average_clips='score'): apply a softmax per row; "
+                   "without it every row must be probabilities summing to 1")
 @click.option("--method", type=click.Choice(["awf", "average", "global", "early", "all"]), default="awf",
               show_default=True, help="fusion to fit and write; 'all' fits and compares every method and writes AWF")
 @click.option("--lambda", "lam", default="auto", show_default=True, callback=_parse_lambda,
@@ -66,7 +69,7 @@ Examples:
 @click.option("--plot", type=click.Path(dir_okay=False),
               help="PNG of the per-class stream weights, classes sorted by the second stream's weight")
 def fit_fusion_command(train_scores, train_ids, train_labels, test_scores, test_ids, test_labels, stream_names,
-                       method, lam, min_weight, folds, output, plot) -> None:
+                       logits, method, lam, min_weight, folds, output, plot) -> None:
     """Fit per-class stream weights (AWF) on training scores and compare fusions on test scores.
 
     AWF solves the linear program of STILT eqs. 5-7 per class, with weights >= --min-weight summing to 1.
@@ -79,8 +82,8 @@ def fit_fusion_command(train_scores, train_ids, train_labels, test_scores, test_
     from actrec.fusion.scores import FusionWarning, ScoreSource
 
     names = tuple(n.strip() for n in stream_names.split(",")) if stream_names else None
-    train = ScoreSource(tuple(train_scores), train_ids, train_labels, names)
-    test = ScoreSource(tuple(test_scores), test_ids, test_labels, names)
+    train = ScoreSource(tuple(train_scores), train_ids, train_labels, names, logits)
+    test = ScoreSource(tuple(test_scores), test_ids, test_labels, names, logits)
     options = FitOptions(method=method, awf=AwfParams(lam=lam, min_weight=min_weight, folds=folds))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FusionWarning)

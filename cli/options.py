@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import click
 
-from actrec.pipeline.stage import StageSummary
+if TYPE_CHECKING:  # the stages import their libraries when they run, not when the command line starts
+    from actrec.pipeline.stage import StageSummary
 
 
 def parallel_options(func: Callable) -> Callable:
@@ -16,9 +17,11 @@ def parallel_options(func: Callable) -> Callable:
         click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
                      help="Worker processes on this machine."),
         click.option("--rank", type=click.IntRange(min=0), default=None,
-                     help="This process's rank (default: $RANK as set by torchrun, else 0)."),
+                     help="This process's rank (default: $RANK as set by torchrun, else $SLURM_PROCID in an srun "
+                          "task, else 0)."),
         click.option("--world-size", type=click.IntRange(min=1), default=None,
-                     help="Number of processes sharing the job (default: $WORLD_SIZE, else 1)."),
+                     help="Number of processes sharing the job (default: $WORLD_SIZE, else $SLURM_NTASKS in an "
+                          "srun task, else 1)."),
         click.option("--quiet", is_flag=True, help="No progress bar (the summary is still printed)."),
     ]
     for option in reversed(options):

@@ -10,7 +10,8 @@ import click
 from actrec.cli.group import cli
 from actrec.cli.options import parse_numbers
 from actrec.data_manifests.manifest import SPLITS as _SPLITS
-from actrec.training.config import AMP_MODES as _AMP_MODES, MODELS as _MODELS
+from actrec.training.config import AMP_MODES as _AMP_MODES, AUGMENT_PLACES as _AUGMENT_PLACES
+from actrec.training.config import BAD_SAMPLE_POLICIES as _BAD_SAMPLE_POLICIES, MODELS as _MODELS
 from actrec.training.config import OPTIMIZERS as _OPTIMIZERS, SCHEDULES as _SCHEDULES
 
 
@@ -37,17 +38,18 @@ CPU demo with a reduced model and small crops (the from-scratch recipe: AdamW, w
 \b
 Defaults are the paper's recipe for MODEL (SGD, step decay: for ImageNet-initialised backbones), or with --reduced
 the from-scratch recipe (AdamW lr 0.001, weight decay 0.05, 20 warmup iterations, cosine decay); --config JSON and
-then the options override them. The run folder gets config.json, checkpoint.pt (every --checkpoint-every
-iterations, on SIGTERM/SIGINT, at the end), metrics.csv, loss.png and, with TensorBoard installed, tensorboard/.
-Exit code 130 after a stop by signal: rerun with --resume.""")
+then the options override them. The run folder gets config.json, checkpoint.pt and its checkpoint.pt.sha256 (every
+--checkpoint-every iterations, on SIGTERM/SIGINT, at the end), metrics.csv, loss.png, bad_samples.csv when
+unreadable clips were skipped and, with TensorBoard installed, tensorboard/. Exit code 130 after a stop by signal:
+rerun with --resume; 1 after an error (one line; a full disk keeps the last checkpoint).""")
 @click.argument("model", type=click.Choice(_MODELS))
 @click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False),
               help="Run folder (config.json, checkpoint.pt, metrics.csv, loss.png, tensorboard/).")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="JSON object setting any training-config fields; options given here override it.")
 @click.option("--resume", is_flag=True,
-              help="Continue the run in --out exactly; only --iterations, --workers, --cache-mb, --checkpoint-every "
-                   "and --log-every may change.")
+              help="Continue the run in --out exactly; only --iterations, --workers, --cache-mb, --checkpoint-every, "
+                   "--log-every, --augment-on, --on-bad-sample and --bad-sample-budget may change.")
 @click.option("--frames", help="Frame store folder.")
 @click.option("--flow", help="Flow store folder computed from that frame store.")
 @click.option("--manifest", type=click.Path(exists=True, dir_okay=False), help="Manifest CSV (labels and splits).")
@@ -98,6 +100,16 @@ Exit code 130 after a stop by signal: rerun with --resume.""")
 @click.option("--cache-mb", type=click.IntRange(min=0),
               help="Keep decoded videos in memory, up to this many MB per loader process: for small datasets "
                    "trained for many epochs (the demo); the clips are the same either way [0: off].")
+@click.option("--augment-on", type=click.Choice(_AUGMENT_PLACES),
+              help="Where the training augmentation runs: gpu (the loader ships uint8 crops; resize, flips, rotation, "
+                   "erasing and normalisation run batched on the GPU), cpu (in the loader processes), auto (the GPU "
+                   "with --gpu) [auto].")
+@click.option("--on-bad-sample", type=click.Choice(_BAD_SAMPLE_POLICIES),
+              help="A training clip that cannot be read (corrupt frame or flow, unreadable shard): skip it (listed "
+                   "in bad_samples.csv, counted in metrics.csv) within --bad-sample-budget, or fail [skip].")
+@click.option("--bad-sample-budget", type=click.FloatRange(0, 1, max_open=True), metavar="FRACTION",
+              help="With --on-bad-sample skip: stop once more than this fraction of the clips read (and more than "
+                   "10) were skipped [0.001].")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), help="Iterations between checkpoints [1000].")
 @click.option("--log-every", type=click.IntRange(min=1), help="Iterations between metrics rows [10].")
 @click.option("--gpu", is_flag=True, help="Train on cuda:LOCAL_RANK (one GPU per torchrun process).")

@@ -8,6 +8,8 @@ label are never emitted (they cannot be trained on); duplicates keep their first
 from __future__ import annotations
 
 import csv
+import hashlib
+import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Iterable, Iterator, Sequence
 
 from actrec.data_manifests.manifest import ManifestRow
 from actrec.errors import InputError
+from actrec.wording import agrees, counted
 
 KINETICS_PATTERN = "{youtube_id}_{time_start:06d}_{time_end:06d}.mp4"
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
@@ -31,11 +34,13 @@ class ManifestBuild:
     unknown_labels: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unplaced: list[str] = field(default_factory=list)  # folder layout: videos outside any class folder
+    kept_whole: list[str] = field(default_factory=list)  # held-out splits: classes too small to give a video
 
     @property
     def problems(self) -> list[str]:
         return ([f"duplicate: {d}" for d in self.duplicates] + [f"unknown label: {u}" for u in self.unknown_labels]
-                + [f"missing video: {m}" for m in self.missing] + _unplaced_problem(self.unplaced))
+                + [f"missing video: {m}" for m in self.missing] + _unplaced_problem(self.unplaced)
+                + _kept_whole_problem(self.kept_whole))
 
     def counts(self) -> dict[str, int]:
         """Number of rows per split."""
@@ -180,21 +185,42 @@ def _read_kinetics_csv(path: Path) -> list[tuple[int, dict[str, str]]]:
 FOLDER_LAYOUT = "<root>/<class>/<video> or <root>/<train|val|test>/<class>/<video>"
 
 
-def folder_manifest(video_root: str | Path, split: str = "train",
-                    extensions: Sequence[str] = VIDEO_EXTENSIONS) -> ManifestBuild:
+@dataclass(frozen=True)
+class HoldOut:
+    """Fractions of every class's videos that a flat ``<class>/<video>`` tree gives to test and val; see
+    ``hold_out``."""
+
+    test: float = 0.0
+    val: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.test, self.val) < 0 or self.test + self.val >= 1:
+            raise InputError(f"--test-fraction {self.test:g} and --val-fraction {self.val:g} must be at least 0 "
+                             "and sum to less than 1 (the rest is train)")
+
+
+def folder_manifest(video_root: str | Path, split: str = "train", extensions: Sequence[str] = VIDEO_EXTENSIONS,
+                    holdout: HoldOut | None = None) -> ManifestBuild:
     """A class-per-folder tree: ``root/<class>/<video>``, or ``root/<train|val|test>/<class>/<video>``.
 
     Classes are the sorted names of the folders that hold videos; with split folders every video takes its
-    folder's split, otherwise ``split``. Videos outside any class folder (directly under the root or under a split
-    folder) have no label: they are left out and listed in ``unplaced``, and a tree where no video is in a class
-    folder is an InputError, so that a wrong ``--video-root`` never gives an empty manifest silently.
+    folder's split, otherwise ``split``, or with ``holdout`` the test and val shares of each class (``hold_out``;
+    a tree with split folders has its splits already, and ``holdout`` is then an InputError). Videos outside any
+    class folder (directly under the root or under a split folder) have no label: they are left out and listed in
+    ``unplaced``, and a tree where no video is in a class folder is an InputError, so that a wrong
+    ``--video-root`` never gives an empty manifest silently.
     """
     root = Path(video_root)
     if not root.is_dir():
         raise InputError(f"{root}: video folder not found")
     tops = sorted(p for p in root.iterdir() if p.is_dir())
     split_dirs = [p for p in tops if p.name in ("train", "val", "test")]
-    sources = [(p, p.name) for p in split_dirs] if split_dirs and len(split_dirs) == len(tops) else [(root, split)]
+    has_splits = bool(split_dirs) and len(split_dirs) == len(tops)
+    if has_splits and holdout is not None:
+        raise InputError(f"{root}: the tree has its own split folders ({', '.join(p.name for p in split_dirs)}); "
+                         "--test-fraction and --val-fraction are for a flat <class>/<video> layout")
+    sources = [(p, p.name) for p in split_dirs] if has_splits else [(root, split)]
     exts = {e.lower() for e in extensions}
 
     def videos(folder: Path, recursive: bool) -> list[Path]:
@@ -208,14 +234,42 @@ def folder_manifest(video_root: str | Path, split: str = "train",
     bases = {root} | {base for base, _ in sources}
     unplaced = [v.relative_to(root).as_posix() for base in sorted(bases) for v in videos(base, recursive=False)]
     if not candidates:
+        n = len(unplaced)
         raise InputError(f"{root}: no videos in class folders (the layout is {FOLDER_LAYOUT})"
-                         + (f"; {_videos(len(unplaced))} outside them have no class" if unplaced else ""))
-    build = _collect(candidates, sorted({c for _, _, c in candidates}), str(root))
-    return replace(build, unplaced=unplaced)
+                         + (f"; {counted(n, 'video')} outside them {agrees(n, 'has', 'have')} no class" if n else ""))
+    build = replace(_collect(candidates, sorted({c for _, _, c in candidates}), str(root)), unplaced=unplaced)
+    return hold_out(build, holdout) if holdout is not None else build
 
 
-def _videos(n: int) -> str:
-    return f"{n} video" + ("" if n == 1 else "s")
+def hold_out(build: ManifestBuild, holdout: HoldOut) -> ManifestBuild:
+    """Move a share of every class's videos to test and val, the same ones on every run with the same seed.
+
+    Per class of n videos, round(n x fraction) go to test and to val (halves round up), but at least one stays in
+    train; the class's videos are ranked by SHA-256 of ``<seed>:<video_id>`` and test takes the first, val the
+    next, train the rest. Ranking by a hash of the id (not a shuffle of the list) makes the draw independent of
+    the file system's order and of the other classes, and adding a video to a class moves at most two others
+    (one across each boundary of the ranking).
+    Classes too small to give a video to a split with a non-zero fraction are listed in ``kept_whole``."""
+    def rank(row: ManifestRow) -> bytes:
+        return hashlib.sha256(f"{holdout.seed}:{row.video_id}".encode()).digest()
+
+    rows: list[ManifestRow] = []
+    kept_whole: list[str] = []
+    for name in sorted({r.label_name for r in build.rows}):
+        members = sorted((r for r in build.rows if r.label_name == name), key=rank)
+        n = len(members)
+        n_test = min(_round_half_up(n * holdout.test), n - 1)
+        n_val = min(_round_half_up(n * holdout.val), n - 1 - n_test)
+        if (holdout.test and not n_test) or (holdout.val and not n_val):
+            kept_whole.append(f"{name} ({counted(n, 'video')})")
+        splits = ["test"] * n_test + ["val"] * n_val + ["train"] * (n - n_test - n_val)
+        rows += [replace(r, split=s) for r, s in zip(members, splits)]
+    order = {r.video_id: i for i, r in enumerate(build.rows)}
+    return replace(build, rows=sorted(rows, key=lambda r: order[r.video_id]), kept_whole=kept_whole)
+
+
+def _round_half_up(x: float) -> int:
+    return math.floor(x + 0.5 + 1e-9)  # 1e-9: 50 x 0.29 is 14.499999999999998 in floating point
 
 
 def _unplaced_problem(unplaced: Sequence[str]) -> list[str]:
@@ -223,7 +277,17 @@ def _unplaced_problem(unplaced: Sequence[str]) -> list[str]:
     if not unplaced:
         return []
     shown = ", ".join(unplaced[:3]) + (", ..." if len(unplaced) > 3 else "")
-    return [f"{_videos(len(unplaced))} left out, not in a class folder (the layout is {FOLDER_LAYOUT}): {shown}"]
+    return [f"{counted(len(unplaced), 'video')} left out, not in a class folder (the layout is {FOLDER_LAYOUT}): "
+            f"{shown}"]
+
+
+def _kept_whole_problem(kept_whole: Sequence[str]) -> list[str]:
+    """One message for the classes too small to give test or val a video."""
+    if not kept_whole:
+        return []
+    n = len(kept_whole)
+    return [f"{counted(n, 'class', 'classes')} {agrees(n, 'is', 'are')} too small to give every held-out split a "
+            f"video: {', '.join(kept_whole)}"]
 
 
 def check_videos(build: ManifestBuild, video_root: str | Path, drop_missing: bool = True) -> ManifestBuild:

@@ -9,9 +9,10 @@ is written once per split (``ucf101_split1.csv``...), so each file is one train/
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
-from typing import Iterable, Sequence
+from pathlib import Path, PurePath
+from typing import Callable, Iterable, Sequence
 
 from actrec.errors import InputError
 
@@ -87,3 +88,24 @@ def class_names(rows: Sequence[ManifestRow]) -> list[str]:
     """Class names indexed by label, from the rows that carry a label."""
     names: dict[int, str] = {r.label: r.label_name for r in rows if r.label >= 0}
     return [names.get(i, "") for i in range(max(names, default=-1) + 1)]
+
+
+def outside_root(rows: Sequence[ManifestRow]) -> list[ManifestRow]:
+    """Rows whose path leaves the video root: absolute paths, and relative ones whose ``..`` climb above it. Judged
+    on the text of the path, so a symbolic link inside the root that points elsewhere is inside."""
+    return [r for r in rows if PurePath(r.path).is_absolute() or os.path.normpath(r.path).split(os.sep)[0] == ".."]
+
+
+def check_inside_root(rows: Sequence[ManifestRow], video_root: str | Path, allow: bool,
+                      log: Callable[[str], None] = print) -> None:
+    """Refuse a manifest whose paths leave ``video_root`` (InputError with their count and the first one), or, with
+    ``allow``, say once how many do. Such a path is most often a manifest made for another video root, which would
+    read other files than the user thinks (an absolute path ignores the root altogether)."""
+    outside = outside_root(rows)
+    if not outside:
+        return
+    what = (f"{len(outside)} of the {len(rows)} manifest paths leave the video root {video_root} "
+            f"(e.g. {outside[0].path!r})")
+    if not allow:
+        raise InputError(f"{what}; fix the manifest or --video-root, or pass --allow-outside-root to read them")
+    log(f"warning: {what}; reading them as --allow-outside-root asks")

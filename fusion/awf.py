@@ -29,6 +29,7 @@ from scipy.sparse import csr_array, eye, kron
 from actrec.errors import ActrecError, InputError
 from actrec.fusion.model import LateFusion, predict
 from actrec.fusion.scores import FusionWarning, ScoreSet
+from actrec.wording import agrees, counted
 
 
 @dataclass(frozen=True)
@@ -165,8 +166,9 @@ def fit_awf(train: ScoreSet, params: AwfParams = AwfParams(), source: str = "tra
     counts = np.bincount(train.labels[labelled], minlength=num_classes)
     empty = [name or str(y) for y, name in enumerate(train.class_names) if counts[y] == 0]
     if empty:
-        warnings.warn(f"{source}: {len(empty)} classes have no training video and get equal weights: "
-                      f"{', '.join(empty)}", FusionWarning, stacklevel=2)
+        n = len(empty)
+        warnings.warn(f"{source}: {counted(n, 'class', 'classes')} {agrees(n, 'has', 'have')} no training video "
+                      f"and {agrees(n, 'gets', 'get')} equal weights: {', '.join(empty)}", FusionWarning, stacklevel=2)
     weights = awf_weights(own, total, counts, lam, min_weight, train.class_names)
     info.update({"lambda": lam, "min_weight": min_weight, "equal_weight_classes": empty})
     return LateFusion("awf", list(train.stream_names), list(train.class_names), weights, info)
@@ -180,8 +182,12 @@ def _choose_by_cv(train: ScoreSet, params: AwfParams, source: str) -> tuple[floa
     else:
         min_weights = [f / num_streams for f in params.min_weight_fractions]
     labelled = int((train.labels >= 0).sum())
+    if labelled < 2:
+        raise InputError(f"{source}: choosing lambda by cross-validation needs at least 2 labelled videos, found "
+                         f"{labelled}: give --lambda a value")
     if not 2 <= params.folds <= labelled:
-        raise InputError(f"{source}: {params.folds} folds need 2..{labelled} (the labelled videos)")
+        raise InputError(f"{source}: {params.folds} folds but {labelled} labelled videos: use --folds between 2 "
+                         f"and {labelled}")
     candidates = [(lam, w) for lam in params.lambda_grid for w in min_weights]
     accuracy = cross_validate(train.scores, train.labels, candidates, params.folds, train.class_names)
     best = int(np.argmax(accuracy))  # first of the best in grid order: ties go to the smaller lambda, then w_min

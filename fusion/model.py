@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -86,13 +86,22 @@ def early_scores(fusion: EarlyFusion, features: np.ndarray) -> np.ndarray:
     return (standardised @ fusion.weight.T + fusion.bias).astype(np.float32)
 
 
+def check_fusion_fits(fusion: Fusion, stream_names: Sequence[str], class_names: Sequence[str], source: str,
+                      fusion_source: str = "the fusion") -> None:
+    """InputError unless scores of these streams and classes (from ``source``) can be fused by ``fusion`` (read
+    from ``fusion_source``): the same streams in the same order, the same class count, and the same class names
+    wherever both sides know them. Checked before any work where the classes are known in advance (predict)."""
+    if list(stream_names) != fusion.stream_names:
+        raise InputError(f"{source}: streams {list(stream_names)} differ from {fusion_source}'s "
+                         f"{fusion.stream_names}")
+    if len(class_names) != len(fusion.class_names):
+        raise InputError(f"{source}: {len(class_names)} classes but {fusion_source} has {len(fusion.class_names)}")
+    check_class_names(fusion.class_names, class_names, f"{source} against {fusion_source}")
+
+
 def apply_fusion(fusion: Fusion, scores: ScoreSet, source: str = "scores") -> np.ndarray:
     """Fused class scores (N, C) of ``scores`` under a fitted fusion, after checking streams and classes match."""
-    if scores.stream_names != fusion.stream_names:
-        raise InputError(f"{source}: streams {scores.stream_names} differ from the fusion's {fusion.stream_names}")
-    if scores.num_classes != len(fusion.class_names):
-        raise InputError(f"{source}: {scores.num_classes} classes but the fusion has {len(fusion.class_names)}")
-    check_class_names(fusion.class_names, scores.class_names, source)
+    check_fusion_fits(fusion, scores.stream_names, scores.class_names, source)
     if isinstance(fusion, LateFusion):
         return fuse_scores(fusion.weights, scores.scores)
     features = concat_features(scores, source)

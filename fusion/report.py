@@ -6,8 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from actrec.fusion.model import LateFusion
 from actrec.fusion.scores import PathLike
@@ -52,6 +50,9 @@ def format_table(rows: list[AccuracyRow], title: str) -> str:
 
 def plot_weights(path: PathLike, fusion: LateFusion) -> None:
     """Save stacked bars of the per-class stream weights, classes sorted by the second (temporal) stream's weight."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # matplotlib only where a picture is drawn
+    from matplotlib.figure import Figure
+
     sort_stream = min(1, len(fusion.stream_names) - 1)
     order = np.argsort(fusion.weights[:, sort_stream], kind="stable")
     weights = fusion.weights[order]

@@ -11,6 +11,10 @@ The actrec format is one ``.npz`` (loadable with ``np.load(allow_pickle=False)``
 
 Score matrices from other toolkits are plain ``.npy`` arrays, (N, C) for one stream or (S, N, C) for several, read
 with a video-id list (one id per line) and labels from an actrec manifest CSV or an int ``.npy``.
+
+Scores are probabilities: every row must sum to 1 within ``ROW_SUM_TOLERANCE`` (loose enough for float16 files,
+tight enough to refuse logits or scaled scores). Logits from another toolkit (e.g. mmaction2's
+``average_clips='score'``) are read with ``logits=True``, which applies a softmax to each row first.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from actrec.errors import InputError
 FORMAT = "actrec-scores"
 FORMAT_VERSION = 1
 STREAM_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+ROW_SUM_TOLERANCE = 1e-2
 PathLike = str | Path
 
 
@@ -68,6 +73,7 @@ class ScoreSource:
     video_ids: PathLike | None = None  # id list for .npy inputs, one id per line
     labels: PathLike | None = None  # manifest .csv or labels .npy for .npy inputs
     stream_names: tuple[str, ...] | None = None  # names of the stacked .npy streams
+    logits: bool = False  # the .npy scores are logits: softmax them
 
     @property
     def name(self) -> str:
@@ -75,7 +81,7 @@ class ScoreSource:
         return ", ".join(map(str, self.paths))
 
     def load(self) -> ScoreSet:
-        return load_scores(self.paths, self.video_ids, self.labels, self.stream_names)
+        return load_scores(self.paths, self.video_ids, self.labels, self.stream_names, self.logits)
 
 
 def validate_scores(s: ScoreSet, source: str) -> None:
@@ -124,9 +130,21 @@ def _check_unique_ids(source: str, video_ids: Sequence[str]) -> None:
 def _check_probabilities(source: str, what: str, matrix: np.ndarray) -> None:
     if not np.isfinite(matrix).all():
         raise InputError(f"{source}: {what} contains NaN or infinite scores")
+    hint = "expected softmax probabilities (for logits from another toolkit, pass --logits)"
     if matrix.size and matrix.min() < 0:
-        raise InputError(f"{source}: {what} contains negative scores (min {matrix.min():.4g}); "
-                         "expected softmax probabilities")
+        raise InputError(f"{source}: {what} contains negative scores (min {matrix.min():.4g}); {hint}")
+    sums = matrix.sum(axis=1, dtype=np.float64)
+    off = np.flatnonzero(np.abs(sums - 1) > ROW_SUM_TOLERANCE)
+    if off.size:
+        raise InputError(f"{source}: {what}: {off.size} of {len(sums)} rows do not sum to 1 (row {off[0]} sums to "
+                         f"{sums[off[0]]:.6g}); {hint}")
+
+
+def softmax_rows(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis (classes), computed stably in float64, returned as float32."""
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
 def check_compatible(train: ScoreSet, test: ScoreSet, train_source: str, test_source: str) -> None:
@@ -174,24 +192,26 @@ def save_scores(path: PathLike, s: ScoreSet) -> None:
 
 
 def load_scores(path: PathLike | Sequence[PathLike], video_ids_path: PathLike | None = None,
-                labels_path: PathLike | None = None, stream_names: Sequence[str] | None = None) -> ScoreSet:
+                labels_path: PathLike | None = None, stream_names: Sequence[str] | None = None,
+                logits: bool = False) -> ScoreSet:
     """Read an actrec ``.npz``, or one or more ``.npy`` score matrices stacked as streams.
 
     ``.npy`` inputs need ``video_ids_path`` (one id per line) and may take ``labels_path``: an actrec manifest CSV
     (labels and class names looked up by video id) or an int ``.npy`` of labels; without it labels are -1.
     ``stream_names`` renames the stacked streams (default: the file stem, suffixed ``_i`` for (S, N, C) files).
+    ``logits``: the ``.npy`` matrices hold logits, turned into probabilities by a softmax per row.
     """
     paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
     if not paths:
         raise InputError("no score file given")
     if all(p.suffix == ".npz" for p in paths):
-        if len(paths) > 1 or video_ids_path or labels_path or stream_names:
-            raise InputError(f"{paths[0]}: an actrec .npz carries its own streams, ids and labels; "
-                             "give exactly one and no id list, labels or stream names")
+        if len(paths) > 1 or video_ids_path or labels_path or stream_names or logits:
+            raise InputError(f"{paths[0]}: an actrec .npz carries its own streams, ids, labels and probabilities; "
+                             "give exactly one and no id list, labels, stream names or --logits")
         return _load_npz(paths[0])
     if not all(p.suffix == ".npy" for p in paths):
         raise InputError(f"{', '.join(map(str, paths))}: expected one actrec .npz or one or more .npy matrices")
-    return _load_npy(paths, video_ids_path, labels_path, stream_names)
+    return _load_npy(paths, video_ids_path, labels_path, stream_names, logits)
 
 
 def _load_npz(path: Path) -> ScoreSet:
@@ -224,7 +244,7 @@ def _load_npz(path: Path) -> ScoreSet:
 
 
 def _load_npy(paths: list[Path], video_ids_path: PathLike | None, labels_path: PathLike | None,
-              stream_names: Sequence[str] | None) -> ScoreSet:
+              stream_names: Sequence[str] | None, logits: bool) -> ScoreSet:
     if video_ids_path is None:
         raise InputError(f"{paths[0]}: a .npy score matrix needs a video-id list (one id per line)")
     video_ids = _read_id_list(Path(video_ids_path))
@@ -238,6 +258,10 @@ def _load_npy(paths: list[Path], video_ids_path: PathLike | None, labels_path: P
         matrices.append(stack)
         default_names += [path.stem] if len(stack) == 1 else [f"{path.stem}_{i}" for i in range(len(stack))]
     scores = np.concatenate(matrices).astype(np.float32, copy=False)
+    if logits:
+        if not np.isfinite(scores).all():
+            raise InputError(f"{', '.join(map(str, paths))}: logits contain NaN or infinite values")
+        scores = softmax_rows(scores)
     names = list(stream_names) if stream_names is not None else default_names
     source = ", ".join(map(str, paths))
     if len(names) != len(scores):

@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import av
 import numpy as np
 
+from actrec.deps import LazyModule
 from actrec.errors import InputError
+
+av = LazyModule("av", "decoding videos (extract-frames, predict)")
 
 
 class DecodeError(InputError):

@@ -5,54 +5,43 @@ Index convention: a video of N stored frames gets N - step flows; flow ``i`` map
 stack of L flows starting at ``i`` covers frames ``i .. i + L*step``. A one-frame video gets zero flows.
 
 A video's group ``videos/<video_id>`` holds one dataset ``flow`` of shape ``[N - step, H, W, 2]`` (channel 0 = x,
-1 = y), one chunk per flow (Blosc-LZ4 by default: readers need ``import hdf5plugin``; ``gzip`` on request),
+1 = y), one chunk per flow (Zstandard by default, an hdf5plugin filter; ``gzip`` and ``none`` need no plugin),
 and attributes ``num_flows``, ``num_frames``, ``height``, ``width``, ``step``,
-``bound`` and ``dtype``. With ``dtype`` uint8 (the default) values are quantised as the field does: clipped to
+``bound`` and ``dtype``. Every flow's chunk carries a fletcher32 checksum, verified by HDF5 on every read (a damaged
+flow raises StoreReadError naming the shard, the video and the flow). With ``dtype`` uint8 (the default) values
+are quantised as the field does: clipped to
 ``[-bound, bound]`` and mapped linearly to 0..255 (see ``actrec.pipeline.flowio.quantize_flow``); with float16
 they are pixels.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import cv2
-import hdf5plugin
 import numpy as np
 import torch
 
 from actrec.errors import DeviceError, InputError, StoreError
-from actrec.pipeline.flow_opencv import opencv_tvl1_flow
+from actrec.pipeline import launcher
+from actrec.pipeline.flow_opencv import opencv_tvl1_flow, optflow
+from actrec.pipeline.flow_spec import BACKENDS, COMPRESSIONS, DTYPES, codec_storage, require_codec
 from actrec.pipeline.flowio import dequantize_flow, quantize_flow
-from actrec.pipeline.frames import FrameStore
+from actrec.pipeline.frames import FrameStore, decode_jpeg
 from actrec.pipeline.flow_batch import DriverLimits, Solver, flow_executor
 from actrec.pipeline.stage import StageSummary, WorkItem, plan_shards, resolve_rank, run_stage, shard_count
-from actrec.pipeline.store import META_FILE, Dataset, ShardedReader, init_store, read_store_meta
+from actrec.pipeline.store import META_FILE, Dataset, init_store, read_store_meta
+from actrec.pipeline.store_checks import read_rows
+from actrec.pipeline.store_reader import ShardedReader
 from actrec.pipeline.tvl1 import TVL1Params, to_gray, tvl1_flow
 from actrec.pipeline.tvl1.backend import default_kernels
 from actrec.pipeline.tvl1.floor import bytes_per_pixel_pair
+from actrec.wording import agrees, counted
 
 KIND = "flow"
-BACKENDS = ("torch", "opencv")
-DTYPES = ("uint8", "float16")
-# HDF5 storage of a flow chunk (all lossless; the name is recorded in the store), measured by
-# benchmarks/bench_flowstore.py against mmaction2's JPEG folders (bytes, random 10-flow stack reads):
-# zstd (Zstandard level 3, the default) 2.1-2.25x the bytes, 2.1-2.5x the reads, ~1 ms to write a flow (level 9 saves 8%
-# of the bytes at 5x the writing CPU, which a GPU writing 2,000 flows/s cannot spare); lz4hc (Blosc2 LZ4HC-9) 2.4x,
-# 4.0x; lz4 (Blosc LZ4, the default before) 3.4x, 3.7-4.0x; gzip 2.3x, 0.8x but readable by any HDF5 reader.
-COMPRESSIONS = {
-    "zstd": dict(hdf5plugin.Zstd(clevel=3)),
-    "lz4hc": dict(hdf5plugin.Blosc2(cname="lz4hc", clevel=9, filters=hdf5plugin.Blosc2.NOFILTER)),
-    "lz4": dict(hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.SHUFFLE)),
-    "gzip": {"compression": "gzip", "compression_opts": 1},
-    "none": {},
-}
-
-
 @dataclass(frozen=True)
 class FlowOptions:
     """What flow is computed and how it is stored; ``params``, ``bound``, ``step`` and ``dtype`` go in the metadata."""
@@ -82,7 +71,7 @@ def encode_flow(flow: np.ndarray, options: FlowOptions) -> Dataset:
         data = quantize_flow(flow, options.bound) if options.dtype == "uint8" else flow.astype(np.float16)
     if not data.shape[0]:
         return Dataset(data)
-    storage = COMPRESSIONS[options.compression]
+    storage = codec_storage(options.compression)
     return Dataset(data, chunks=(1, *data.shape[1:]), compression=storage.get("compression"),
                    compression_opts=storage.get("compression_opts"))
 
@@ -109,20 +98,13 @@ def flow_part(item: WorkItem, num_frames: int, flow: np.ndarray,
 def _gray_frames(frames: FrameStore, video_id: str) -> np.ndarray:
     """All frames of a video as OpenCV's grayscale ``uint8[N, H, W]``, read the cheap way: the video's JPEG bytes
     in one HDF5 call (h5py serialises its calls; one instead of one per frame) and each frame decoded and converted
-    BGR -> gray, identical to RGB -> gray of the RGB frame with one conversion less (bench_flow_reader.py)."""
-    try:
-        stored = frames.group(video_id)["frames"][()]
-    except OSError as exc:
-        raise StoreError(f"{frames.root}: frames of {video_id!r} cannot be read ({exc})") from None
-    if stored.dtype == np.uint8:  # raw RGB frames
+    BGR -> gray, identical to RGB -> gray of the RGB frame with one conversion less (bench_flow_reader.py). Checksums
+    are verified; a damaged frame raises StoreReadError naming it (the video fails, the others go on)."""
+    stored = frames.read_stored(video_id)
+    if isinstance(stored, np.ndarray):  # raw RGB frames
         return to_gray(stored)
-    gray = []
-    for i, buf in enumerate(stored):
-        bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise StoreError(f"{frames.root}: stored JPEG frame {i} of {video_id!r} cannot be decoded")
-        gray.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
-    return np.stack(gray)
+    place = frames.place(video_id)
+    return np.stack([decode_jpeg(buf, place, i, cv2.COLOR_BGR2GRAY) for i, buf in enumerate(stored)])
 
 
 def quantize_on_device(flow: torch.Tensor, bound: float) -> torch.Tensor:
@@ -147,6 +129,7 @@ def flow_solver(options: FlowOptions, workers: int) -> Solver:
     """The batch solver of a backend, returning the stored dtype: our TV-L1 on ``options.device``, or OpenCV's in
     ``workers`` processes."""
     if options.backend == "opencv":
+        optflow()  # here, not at the first batch
         return lambda img0, img1: _stored(opencv_tvl1_flow(img0, img1, options.params, workers=workers), options)
     device = torch.device(options.device)
     return lambda img0, img1: _stored(tvl1_flow(img0, img1, options.params, device=device), options)
@@ -185,14 +168,18 @@ GPU_WRITERS = 4
 
 def flow_limits(options: FlowOptions, workers: int) -> DriverLimits:
     """The driver's limits: the batch in pixels, the readers and a read-ahead of two videos beyond them, the
-    writers."""
-    writers = options.writers or (GPU_WRITERS if torch.device(options.device).type == "cuda" else 1)
-    return DriverLimits(batch_pixels=batch_pixels(options, workers), readers=options.readers,
-                        window=options.readers + 2, writers=writers)
+    writers. The CPU's default batch is reached by doubling from one pair per worker, so that the bar moves
+    within a pair's time (a GPU solves a full batch in about a second; an explicit --batch-pixels is taken as
+    it is)."""
+    on_gpu = torch.device(options.device).type == "cuda"
+    ramp = 0 if on_gpu or options.batch_pixels else max(1, workers if options.backend == "opencv" else 1)
+    return DriverLimits(batch_pixels=batch_pixels(options, workers), first_batch=ramp, readers=options.readers,
+                        window=options.readers + 2, writers=options.writers or (GPU_WRITERS if on_gpu else 1))
 
 
 def resolve_device(gpu: bool, local_rank: int | None = None) -> str:
-    """The device of this process: ``cuda:LOCAL_RANK`` with --gpu (torchrun's one GPU per process), else CPU.
+    """The device of this process: with --gpu ``cuda:LOCAL_RANK`` (torchrun's one GPU per process; under srun
+    ``SLURM_LOCALID``, or the one GPU srun bound to the task: :mod:`.launcher`), else CPU.
 
     More local processes than visible GPUs is an error: two processes sharing one GPU would halve each one's
     memory and speed without a word."""
@@ -201,13 +188,14 @@ def resolve_device(gpu: bool, local_rank: int | None = None) -> str:
     if not torch.cuda.is_available():
         raise DeviceError("--gpu was given but CUDA is not available "
                           f"(torch {torch.__version__} sees no GPU); drop --gpu to compute on the CPU")
-    local = int(os.environ.get("LOCAL_RANK", 0)) if local_rank is None else local_rank
+    local = launcher.local_rank() if local_rank is None else local_rank
     count = torch.cuda.device_count()
-    if not 0 <= local < count:
+    index = launcher.device_index(local, count)
+    if index is None:
         raise DeviceError(f"local rank {local} has no GPU of its own: {count} CUDA device(s) visible; start at most "
                           f"{count} processes per machine (torchrun --nproc-per-node {count}) or make more GPUs "
                           "visible (CUDA_VISIBLE_DEVICES)")
-    return f"cuda:{local}"
+    return f"cuda:{index}"
 
 
 def _check_options(options: FlowOptions) -> None:
@@ -233,13 +221,15 @@ def compute_flow(frames_root: str | Path, out: str | Path, options: FlowOptions 
 
     ``workers``: OpenCV processes of the opencv backend (the torch backend solves in this process)."""
     _check_options(options)
+    require_codec(options.compression, "compute-flow")
     if workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")
     frames = FrameStore(frames_root)
     ids = list(video_ids) if video_ids is not None else sorted(frames.video_ids)
     missing = [v for v in ids if v not in frames]
     if missing:
-        raise InputError(f"{frames_root}: {len(missing)} videos are not in the frame store, e.g. {missing[0]!r}")
+        raise InputError(f"{frames_root}: {counted(len(missing), 'video')} {agrees(len(missing), 'is', 'are')} not "
+                         f"in the frame store, e.g. {missing[0]!r}")
     rank, world_size = resolve_rank(rank, world_size)
     layout = init_store(out, KIND, options.store_params(), shard_count(len(ids), videos_per_shard))
     items = plan_shards([(v, v) for v in ids], layout.num_shards, rank, world_size)
@@ -248,30 +238,37 @@ def compute_flow(frames_root: str | Path, out: str | Path, options: FlowOptions 
                             prepare=partial(flow_part, options=options), layout=layout,
                             dtype=np.dtype(options.dtype),
                             step=options.step, limits=flow_limits(options, workers))
-    return run_stage("compute-flow", layout, items, execute, rank=rank, unit="flows", progress=progress, log=log,
+    return run_stage("compute-flow", layout, items, execute, rank=rank, world_size=world_size, unit="flows",
+                     progress=progress, log=log,
                      work=lambda item: max(0, frames.num_frames(item.video_id) - options.step))
 
 
 class FlowStore(ShardedReader):
-    """Random access to stacks of consecutive flows of any video of a flow store; safe in DataLoader workers."""
+    """Random access to stacks of consecutive flows of any video of a flow store; safe in DataLoader workers.
+
+    Every read checks the flows' checksums; a damaged flow or shard raises StoreReadError naming the shard, the
+    video and the flow."""
+
+    entry = "flow"
 
     def __init__(self, root: str | Path) -> None:
         super().__init__(root, KIND)
+        require_codec(str(self.params.get("compression")), f"reading the flow store {self.root}")
 
     @property
     def bound(self) -> float:
         return float(self.params["bound"])
 
     def num_flows(self, video_id: str) -> int:
-        return int(self.group(video_id).attrs["num_flows"])
+        return int(self.attr(video_id, "num_flows"))
 
     def read_stack(self, video_id: str, start: int, length: int, dequantize: bool = False) -> np.ndarray:
         """Flows ``start .. start+length-1`` of a video: ``[length, H, W, 2]`` as stored, or float32 pixels."""
-        dset = self.group(video_id)["flow"]
+        dset = self.dataset(video_id, "flow")
         if not (0 <= start and length >= 0 and start + length <= dset.shape[0]):
             raise StoreError(f"{self.root}: flows {start}..{start + length - 1} out of range for {video_id!r} "
                              f"({dset.shape[0]} flows)")
-        data = dset[start:start + length]
+        data = read_rows(dset, start, start + length, self.place(video_id))
         if not dequantize:
             return data
         return dequantize_flow(data, self.bound) if data.dtype == np.uint8 else data.astype(np.float32)

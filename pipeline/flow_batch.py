@@ -17,7 +17,7 @@ from collections import deque
 import multiprocessing
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Union
+from typing import Any, Callable, Iterable, Iterator, Union
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ class DriverLimits:
     """How much the driver holds: pixels per solver call, reader threads, videos read ahead, writes queued."""
 
     batch_pixels: int  # frame pixels (H x W) of all pairs of one solver call; at least one pair always
+    first_batch: int = 0  # pairs of the first solver call, doubled at every call up to batch_pixels; 0: no ramp
     readers: int = 3  # reader threads (JPEG decoding releases the GIL; see benchmarks/bench_flow_reader.py)
     window: int = 5  # videos read ahead of the solver
     writers: int = 1  # one writer thread, or that many writer processes (see _writer_pool)
@@ -61,23 +62,31 @@ Pair = tuple[_Video, int]  # a video and the index of its pair (frames i and i +
 class PairBatcher:
     """Queues of pairs per frame shape, solved in batches of at most ``batch_pixels`` pixels.
 
-    ``add``, ``flush_oldest`` and ``flush_all`` return what happened: ``Progress`` per solved batch and video,
-    finished ``_Video`` objects (to write), and failed ``Outcome`` objects.
+    With ``first_batch``, the first batch holds that many pairs and each later one twice the last, until the
+    pixel budget: a CPU solves a pair in seconds, so a first batch of a full budget (32 pairs of 170x128 frames)
+    would keep the progress bar at 0 for minutes; the ramp moves it after one pair per worker and costs nothing,
+    as the CPU solvers gain nothing from larger batches.
+
+    ``add`` queues a video; ``ready``, ``flush_oldest`` and ``flush_all`` solve batches one at a time and yield,
+    per batch, what happened: ``Progress`` per video, finished ``_Video`` objects (to write) and failed ``Outcome``
+    objects; so the caller reports each batch before the next one is solved.
     """
 
-    def __init__(self, solve: Solver, step: int, batch_pixels: int) -> None:
+    def __init__(self, solve: Solver, step: int, batch_pixels: int, first_batch: int = 0) -> None:
         self.solve, self.step = solve, step
         self.batch_pixels = batch_pixels
+        self.ramp = first_batch  # pairs allowed in the next batch while ramping up; 0 once ramped (or no ramp)
         self.queues: dict[tuple[int, int], list[Pair]] = {}
         self.held: dict[str, _Video] = {}  # read videos with pairs still to solve, oldest first
         self.held_pixels = 0
 
     def capacity(self, shape: tuple[int, int]) -> int:
-        """Pairs of this frame shape per batch."""
-        return max(1, self.batch_pixels // (shape[0] * shape[1]))
+        """Pairs of this frame shape in the next batch."""
+        pairs = max(1, self.batch_pixels // (shape[0] * shape[1]))
+        return min(pairs, self.ramp) if self.ramp else pairs
 
     def add(self, item: WorkItem, gray: np.ndarray, dtype: np.dtype) -> list:
-        """Queue a video's pairs; solve the batches that are full."""
+        """Queue a video's pairs; a video without pairs is finished at once (returned)."""
         pairs = max(0, len(gray) - self.step)
         video = _Video(item, len(gray), gray, np.zeros((pairs, *gray.shape[1:], 2), dtype), pairs)
         if pairs == 0:
@@ -88,27 +97,28 @@ class PairBatcher:
         shape = gray.shape[1:]
         queue = self.queues.setdefault(shape, [])
         queue.extend((video, i) for i in range(pairs))
-        events: list = []
-        while len(queue) >= self.capacity(shape):
+        return []
+
+    def ready(self) -> Iterator[list]:
+        """Solve the full batches."""
+        for shape, queue in list(self.queues.items()):
+            yield from self._batches(queue, shape, partial=False)
+
+    def flush_oldest(self) -> Iterator[list]:
+        """Solve the partial batch that holds the oldest video, so that its frames can go."""
+        shape = next(iter(self.held.values())).gray.shape[1:]
+        yield from self._batches(self.queues.pop(shape, []), shape, partial=True)
+
+    def flush_all(self) -> Iterator[list]:
+        for shape in list(self.queues):
+            yield from self._batches(self.queues.pop(shape), shape, partial=True)
+
+    def _batches(self, queue: list[Pair], shape: tuple[int, int], partial: bool) -> Iterator[list]:
+        """Solve the queue's full batches, and its last partial one too when ``partial``."""
+        while queue and (partial or len(queue) >= self.capacity(shape)):
             batch = queue[:self.capacity(shape)]
             del queue[:len(batch)]
-            events += self._solve(batch)
-        return events
-
-    def flush_oldest(self) -> list:
-        """Solve the partial batch that holds the oldest video, so that its frames can go."""
-        oldest = next(iter(self.held.values()))
-        return self._flush(oldest.gray.shape[1:])
-
-    def flush_all(self) -> list:
-        return [event for shape in list(self.queues) for event in self._flush(shape)]
-
-    def _flush(self, shape: tuple[int, int]) -> list:
-        events: list = []
-        queue = self.queues.pop(shape, [])
-        for start in range(0, len(queue), self.capacity(shape)):
-            events += self._solve(queue[start:start + self.capacity(shape)])
-        return events
+            yield self._solve(batch)
 
     def _solve(self, batch: list[Pair]) -> list:
         """Solve a batch, in halves after a CUDA out-of-memory; one pair that does not fit fails its video."""
@@ -131,6 +141,9 @@ class PairBatcher:
         return self._store(batch, flow)
 
     def _store(self, batch: list[Pair], flow: np.ndarray) -> list:
+        self.ramp *= 2
+        if self.ramp >= self.batch_pixels:  # no batch holds more pairs than pixels: the ramp is over
+            self.ramp = 0
         solved: dict[str, int] = {}
         finished = []
         for (video, i), pair_flow in zip(batch, flow):
@@ -163,12 +176,17 @@ def flow_executor(read: Reader, solve: Solver, prepare: Preparer, layout: StoreL
     processes."""
 
     def execute(items: list[WorkItem]) -> Iterator[Event]:
-        batcher = PairBatcher(solve, step, limits.batch_pixels)
+        batcher = PairBatcher(solve, step, limits.batch_pixels, limits.first_batch)
         pending = iter(items)
         reads: deque[tuple[WorkItem, Future]] = deque()
         writes: deque[Future] = deque()
         queued = 2 * limits.writers + 2  # finished videos waiting to be written, each holding its flow
         with ThreadPoolExecutor(limits.readers) as readers, _writer_pool(limits.writers) as writer:
+
+            def report(batches: Iterable[list]) -> Iterator[Event]:
+                for events in batches:  # each batch's events before the next batch is solved
+                    yield from _dispatch(events, writes, writer, prepare, layout, queued)
+
             try:
                 _refill(reads, pending, readers, read, limits.window)
                 while reads:
@@ -180,17 +198,31 @@ def flow_executor(read: Reader, solve: Solver, prepare: Preparer, layout: StoreL
                         yield Outcome(item.video_id, item.source, "failed", message=str(exc))
                         continue
                     del load
-                    events = batcher.add(item, gray, dtype)
+                    yield from report([batcher.add(item, gray, dtype)])
                     del gray
+                    yield from report(batcher.ready())
                     while batcher.held_pixels > _hold_pixels(batcher.batch_pixels) and len(batcher.held) > 1:
-                        events += batcher.flush_oldest()
-                    yield from _dispatch(events, writes, writer, prepare, layout, queued)
-                yield from _dispatch(batcher.flush_all(), writes, writer, prepare, layout, 0)
+                        yield from report(batcher.flush_oldest())
+                yield from report(batcher.flush_all())
+                yield from _dispatch([], writes, writer, prepare, layout, 0)
+            except KeyboardInterrupt:
+                yield from _finished_writes(writes)
+                raise
             finally:
                 for _, load in reads:  # an error or Ctrl-C: drop the queued reads instead of running them
                     load.cancel()
 
     return execute
+
+
+def _finished_writes(writes: deque[Future]) -> Iterator[Outcome]:
+    """After Ctrl-C, the outcomes of the videos already handed to the writer, which finishes them anyway (the
+    pool waits for its queued writes): the summary then counts every video the store holds, and the rerun skips
+    the same ones. A write the interruption broke (a writer process stopped by the same Ctrl-C) is left out: the
+    rerun removes what it left and redoes its video. A second Ctrl-C ends the wait."""
+    for write in writes:
+        if write.exception() is None:
+            yield write.result()
 
 
 def _hold_pixels(batch_pixels: int) -> int:

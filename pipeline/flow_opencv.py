@@ -10,10 +10,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from actrec.deps import require
 from actrec.errors import InputError
 from actrec.pipeline.tvl1 import TVL1Params
 
-__all__ = ["opencv_tvl1_flow", "opencv_tvl1_pair"]
+__all__ = ["opencv_tvl1_flow", "opencv_tvl1_pair", "optflow"]
+
+
+def optflow():
+    """OpenCV's contrib module ``cv2.optflow`` (opencv-contrib-python; opencv-python has no TV-L1), or
+    MissingDependency naming the package."""
+    return require("cv2.optflow", "the opencv TV-L1 backend (--backend opencv)", package="opencv-contrib-python")
 
 
 def _to_numpy_batch(img, name: str) -> np.ndarray:
@@ -31,10 +38,8 @@ def _to_numpy_batch(img, name: str) -> np.ndarray:
 
 
 def _create(params: TVL1Params):
-    import cv2
-
     # positional: the Python binding spells the inner-iterations keyword "innnerIterations"
-    return cv2.optflow.DualTVL1OpticalFlow_create(
+    return optflow().DualTVL1OpticalFlow_create(
         float(params.tau), float(params.lambda_), float(params.theta), int(params.nscales), int(params.warps),
         float(params.epsilon), int(params.inner_iterations), int(params.outer_iterations),
         float(params.scale_step), float(params.gamma), int(params.median_filtering), bool(params.use_initial_flow),
@@ -89,8 +94,6 @@ def opencv_tvl1_flow(img0, img1, params: TVL1Params = TVL1Params(), workers: int
         raise InputError("initial_flow given but params.use_initial_flow is False")
     workers = max(1, min(int(workers), n))
     if workers == 1:
-        import cv2
-
         flows = [opencv_tvl1_pair(a[i], b[i], params, None if flows0 is None else flows0[i]) for i in range(n)]
     else:
         from joblib import Parallel, delayed

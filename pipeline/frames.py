@@ -6,7 +6,8 @@ A video's group ``videos/<video_id>`` holds one dataset ``frames`` and attribute
 encoding, ``frames`` is a 1-D variable-length uint8 dataset: entry i is the JPEG file of frame i (baseline JPEG,
 YCbCr 4:2:0, written by FFmpeg's MJPEG encoder exactly as ``ffmpeg -q:v Q img_%05d.jpg`` would; any JPEG reader
 decodes it). With ``raw``, ``frames`` is ``uint8[T, H, W, 3]`` RGB, one gzip-compressed chunk
-per frame. Frame indices are 0-based.
+per frame. Frame indices are 0-based. Every entry carries a checksum (a JPEG's CRC-32 in the attribute ``crc32`` of
+``frames``; raw frames in fletcher32 chunks), verified whenever a frame is read (``actrec.pipeline.store_checks``).
 """
 
 from __future__ import annotations
@@ -17,20 +18,24 @@ from pathlib import Path
 from fractions import Fraction
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-import av
 import cv2
 import numpy as np
 
-from actrec.data_manifests.manifest import ManifestRow
+from actrec.data_manifests.manifest import ManifestRow, check_inside_root
+from actrec.deps import LazyModule, require
 from actrec.errors import InputError, StoreError
 from actrec.pipeline.decode import DecodeError, DecodeResult, ResizeSpec, decode_frames
 from actrec.pipeline.stage import (Outcome, StageSummary, WorkItem, io_failure, plan_shards, pool_executor,
                                    resolve_rank, run_stage, shard_count)
-from actrec.pipeline.store import Dataset, ShardedReader, StoreLayout, init_store, write_part
+from actrec.pipeline.store import Dataset, StoreLayout, init_store, write_part
+from actrec.pipeline.store_checks import EntryPlace, read_rows, read_vlen
+from actrec.pipeline.store_reader import ShardedReader
 
 KIND = "frames"
 ENCODINGS = ("jpeg", "raw")
 PARTIAL_POLICIES = ("keep", "fail")
+# PyAV decodes and encodes frames; reading a frame store needs none (the GPU image has no PyAV)
+av = LazyModule("av", "extract-frames (decoding videos)")
 # A container may over-count by a frame or two (e.g. an edit list); fewer decoded frames than this is "partial".
 _PARTIAL_TOLERANCE = 0.95
 
@@ -82,12 +87,16 @@ def _mjpeg(frames: Iterable[av.VideoFrame], qscale: int) -> Iterator[np.ndarray]
         yield np.frombuffer(bytes(packet), dtype=np.uint8)
 
 
-def decode_jpeg(buf: np.ndarray) -> np.ndarray:
-    """RGB ``uint8[H, W, 3]`` from the JPEG bytes of one stored frame."""
+def decode_jpeg(buf: np.ndarray, place: EntryPlace | None = None, index: int | None = None,
+                code: int = cv2.COLOR_BGR2RGB) -> np.ndarray:
+    """RGB ``uint8[H, W, 3]`` (or another conversion ``code`` of OpenCV's BGR) from the JPEG bytes of one stored
+    frame; a failure names ``place`` and ``index`` when given."""
     bgr = cv2.imdecode(np.asarray(buf, dtype=np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
-        raise StoreError("stored JPEG frame cannot be decoded")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        if place is None:
+            raise StoreError("stored JPEG frame cannot be decoded")
+        raise place.error(index, "stored JPEG cannot be decoded")
+    return cv2.cvtColor(bgr, code)
 
 
 def extract_video(item: WorkItem, layout: StoreLayout, options: ExtractOptions) -> Outcome:
@@ -143,15 +152,18 @@ def _video_attrs(path: Path, num_frames: int, result: DecodeResult, options: Ext
 def extract_frames(rows: Sequence[ManifestRow], video_root: str | Path, out: str | Path,
                    options: ExtractOptions = ExtractOptions(), *, workers: int = 1, videos_per_shard: int = 128,
                    rank: int | None = None, world_size: int | None = None, progress: bool = True,
-                   log: Callable[[str], None] = print) -> StageSummary:
+                   allow_outside_root: bool = False, log: Callable[[str], None] = print) -> StageSummary:
     """Extract the frames of the manifest rows (paths relative to ``video_root``) into the store at ``out``.
 
-    Resumable (finished videos are skipped), crash-safe, and split across ranks by shard.
+    Resumable (finished videos are skipped), crash-safe, and split across ranks by shard. Manifest paths that
+    leave ``video_root`` are refused unless ``allow_outside_root`` (``check_inside_root``).
     """
+    check_inside_root(rows, video_root, allow_outside_root, log)
     if options.encoding not in ENCODINGS:
         raise InputError(f"unknown frame encoding {options.encoding!r}; expected one of {', '.join(ENCODINGS)}")
     if options.partial not in PARTIAL_POLICIES:
         raise InputError(f"unknown partial policy {options.partial!r}; expected keep or fail")
+    require("av", "extract-frames (decoding videos)")  # here, not once per video in the workers
     rank, world_size = resolve_rank(rank, world_size)
     layout = init_store(out, KIND, options.store_params(), shard_count(len(rows), videos_per_shard))
     root = Path(video_root)
@@ -159,25 +171,43 @@ def extract_frames(rows: Sequence[ManifestRow], video_root: str | Path, out: str
     if options.threads == 0:
         options = ExtractOptions(**{**options.__dict__, "threads": max(1, (os.cpu_count() or 1) // workers)})
     return run_stage("extract-frames", layout, items, pool_executor(extract_video, workers, layout, options),
-                     rank=rank, progress=progress, log=log)
+                     rank=rank, world_size=world_size, progress=progress, log=log)
 
 
 class FrameStore(ShardedReader):
-    """Random access to the RGB frames of any video of a frame store; safe to use in DataLoader workers."""
+    """Random access to the RGB frames of any video of a frame store; safe to use in DataLoader workers.
+
+    Every read checks the frames' checksums; a damaged frame or shard raises StoreReadError naming the shard, the
+    video and the frame."""
+
+    entry = "frame"
 
     def __init__(self, root: str | Path) -> None:
         super().__init__(root, KIND)
 
     def num_frames(self, video_id: str) -> int:
-        return int(self.group(video_id).attrs["num_frames"])
+        return int(self.attr(video_id, "num_frames"))
+
+    def read_stored(self, video_id: str, indices: Sequence[int] | None = None) -> list[np.ndarray] | np.ndarray:
+        """The frames as stored, checksums verified: JPEG bytes (a list) or raw RGB ``uint8[T, H, W, 3]``; all
+        frames (in one HDF5 call) when ``indices`` is None."""
+        dset = self.dataset(video_id, "frames")
+        place = self.place(video_id)
+        n = dset.shape[0]
+        if indices is not None and any(not 0 <= int(i) < n for i in indices):
+            raise StoreError(f"{self.root}: frame index out of range for {video_id!r} ({n} frames): "
+                             f"{[int(i) for i in indices]}")
+        if dset.dtype != np.uint8:
+            return read_vlen(dset, indices, place)
+        if indices is None:
+            return read_rows(dset, 0, n, place)
+        return np.stack([read_rows(dset, int(i), int(i) + 1, place)[0] for i in indices])
 
     def read(self, video_id: str, indices: Sequence[int] | None = None) -> np.ndarray:
         """RGB frames ``uint8[len(indices), H, W, 3]`` of a video (all frames when ``indices`` is None)."""
-        dset = self.group(video_id)["frames"]
-        n = dset.shape[0]
-        idx = list(range(n)) if indices is None else [int(i) for i in indices]
-        if any(not 0 <= i < n for i in idx):
-            raise StoreError(f"{self.root}: frame index out of range for {video_id!r} ({n} frames): {idx}")
-        if dset.dtype == np.uint8:  # raw encoding: one chunk per frame
-            return np.stack([dset[i] for i in idx])
-        return np.stack([decode_jpeg(dset[i]) for i in idx])
+        stored = self.read_stored(video_id, indices)
+        if isinstance(stored, np.ndarray):  # raw encoding
+            return stored
+        place = self.place(video_id)
+        idx = range(len(stored)) if indices is None else indices
+        return np.stack([decode_jpeg(buf, place, int(i)) for i, buf in zip(idx, stored)])

@@ -89,7 +89,7 @@ class FolderSink:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
 
-    def prepare(self, shards: Sequence[int]) -> dict[int, set[str]]:
+    def prepare(self, shards: Sequence[int], log: Callable[[str], None]) -> dict[int, set[str]]:
         for tmp in self.root.glob(f"*{_TMP}"):
             shutil.rmtree(tmp, ignore_errors=True)
         finished = {p.name for p in self.root.iterdir() if p.is_dir()}
@@ -100,22 +100,23 @@ class FolderSink:
 
 
 def export_video(item: WorkItem, out: Path, frames: FrameStore, flows: FlowStore | None, quality: int) -> Outcome:
-    """Write one video's rawframe folder (frames as stored JPEGs, flow as quantised grayscale JPEGs)."""
+    """Write one video's rawframe folder (frames as stored JPEGs, flow as quantised grayscale JPEGs); the outcome
+    counts its frames and the bytes of its files."""
     tmp = out / f"{item.video_id}{_TMP}"
     try:
         tmp.mkdir()
-        group = frames.group(item.video_id)
-        count = group.attrs["num_frames"]
-        for i in range(count):
-            data = group["frames"][i]
-            (tmp / MMACTION2.name(MMACTION2.rgb_prefix, i)).write_bytes(
+        stored = frames.read_stored(item.video_id)  # checksums verified
+        count = len(stored)
+        nbytes = 0
+        for i, data in enumerate(stored):
+            nbytes += (tmp / MMACTION2.name(MMACTION2.rgb_prefix, i)).write_bytes(
                 bytes(data) if data.ndim == 1 else _jpeg(cv2.cvtColor(data, cv2.COLOR_RGB2BGR), quality))
         if flows is not None:
-            flow = flows.group(item.video_id)["flow"][()]
+            flow = flows.read_stack(item.video_id, 0, flows.num_flows(item.video_id))
             quantised = flow if flow.dtype == np.uint8 else quantize_flow(flow.astype(np.float32), flows.bound)
             for i, pair in enumerate(quantised):
                 for channel, prefix in enumerate((MMACTION2.flow_x_prefix, MMACTION2.flow_y_prefix)):
-                    (tmp / MMACTION2.name(prefix, i)).write_bytes(_jpeg(pair[..., channel], quality))
+                    nbytes += (tmp / MMACTION2.name(prefix, i)).write_bytes(_jpeg(pair[..., channel], quality))
         tmp.rename(out / item.video_id)
     except StoreError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -123,7 +124,7 @@ def export_video(item: WorkItem, out: Path, frames: FrameStore, flows: FlowStore
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         return io_failure(item, exc, f"{out}: {item.video_id}")
-    return Outcome(item.video_id, item.source, "done", frames=int(count))
+    return Outcome(item.video_id, item.source, "done", frames=int(count), nbytes=nbytes)
 
 
 def _jpeg(image: np.ndarray, quality: int) -> bytes:
@@ -151,7 +152,7 @@ def export_rawframes(frames_root: str | Path, out: str | Path, flow_root: str | 
     sink = FolderSink(Path(out))
     summary = run_stage("export-rawframes", sink, items, pool_executor(export_video, workers, sink.root, frames,
                                                                        flows, quality),
-                        rank=rank, progress=progress, log=log)
+                        rank=rank, world_size=world_size, progress=progress, log=log)
     if rows is not None:
         write_annotations(Path(out), rows, frames, flows)
     return summary
@@ -214,7 +215,18 @@ def import_flow_video(item: WorkItem, layout: StoreLayout, naming: Naming, optio
         return Outcome(item.video_id, item.source, "failed", message=str(exc))
     except OSError as exc:
         return io_failure(item, exc, str(folder))
-    return Outcome(item.video_id, item.source, "done", frames=len(flow), nbytes=nbytes)
+    return Outcome(item.video_id, item.source, "done", frames=len(flow), nbytes=nbytes,
+                   message=_flow_count_warning(folder, len(rgb), len(flow)))
+
+
+def _flow_count_warning(folder: Path, frames: int, flows: int) -> str:
+    """A warning when a folder's flow count is not its frame count less one (N frames give N-1 flows): a folder
+    cut short, or written by a tool with another convention. The flows are kept as they are, flow i taken to map
+    frame i to frame i+1."""
+    if not frames or flows == frames - 1:
+        return ""
+    kept = f"kept as flows 0..{flows - 1}, flow i from frame i to frame i+1" if flows else "no flow to keep"
+    return f"{folder}: {frames} frames should give {frames - 1} flows, found {flows} ({kept})"
 
 
 def _gray(path: Path) -> np.ndarray:
@@ -250,7 +262,7 @@ def import_rawframes(src: str | Path, frames_out: str | Path, flow_out: str | Pa
     layout = init_store(frames_out, FRAMES_KIND, params, num_shards)
     items = plan_shards(entries, layout.num_shards, rank, world_size)
     summaries = [run_stage("import-frames", layout, items, pool_executor(import_frames_video, workers, layout, naming),
-                           rank=rank, progress=progress, log=log)]
+                           rank=rank, world_size=world_size, progress=progress, log=log)]
     if flow_out is not None:
         if not naming.flow_x_prefix:
             raise InputError(f"{folders[0]}: no flow files (x_/y_ or flow_x_/flow_y_) to import")
@@ -260,5 +272,5 @@ def import_rawframes(src: str | Path, frames_out: str | Path, flow_out: str | Pa
         items = plan_shards(entries, flow_layout.num_shards, rank, world_size)
         summaries.append(run_stage("import-flow", flow_layout, items,
                                    pool_executor(import_flow_video, workers, flow_layout, naming, options),
-                                   rank=rank, unit="flows", progress=progress, log=log))
+                                   rank=rank, world_size=world_size, unit="flows", progress=progress, log=log))
     return summaries

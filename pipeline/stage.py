@@ -8,7 +8,6 @@ all its videos were attempted. One video's failure is recorded and never stops t
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 import zlib
@@ -17,12 +16,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, Sequence, Union
 
-from joblib import Parallel, delayed
 from tqdm import tqdm
 
 from actrec.errors import InputError, StoreError
 from actrec.pipeline.diskspace import is_disk_full
+from actrec.pipeline.launcher import launcher_rank
 from actrec.pipeline.store import Dataset, StoreLayout, write_part
+from actrec.pipeline.store_lock import writer_lock
+from actrec.wording import counted
 
 
 @dataclass(frozen=True)
@@ -89,11 +90,15 @@ class StageSummary:
     interrupted: bool = False
     failures: list[Outcome] = field(default_factory=list)
     report: Path | None = None
+    rank: int = 0
+    world_size: int = 1
 
     def line(self) -> str:
         rate = self.processed / self.elapsed if self.elapsed > 0 else 0.0
-        text = (f"{self.name}: {self.done} done, {self.skipped} skipped (already finished), {self.failed} failed, "
-                f"{self.warned} with warnings; {self.frames} {self.unit} ({format_rate(rate)} {self.unit}/s), "
+        where = f" (rank {self.rank} of {self.world_size})" if self.world_size > 1 else ""
+        text = (f"{self.name}{where}: {self.done} done, {self.skipped} skipped (already finished), "
+                f"{self.failed} failed, {self.warned} with warnings; "
+                f"{counted(self.frames, self.unit.removesuffix('s'), self.unit)} ({format_rate(rate)} {self.unit}/s), "
                 f"{self.nbytes / 1e6:.1f} MB written, {self.elapsed:.1f} s")
         if self.interrupted:
             text += "; interrupted: rerun the same command to resume"
@@ -108,9 +113,11 @@ def format_rate(rate: float) -> str:
 
 
 def resolve_rank(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
-    """This process's rank and the world size: explicit values, else RANK/WORLD_SIZE (torchrun), else 0 of 1."""
-    rank = int(os.environ.get("RANK", 0)) if rank is None else rank
-    world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+    """This process's rank and the world size: explicit values, else RANK/WORLD_SIZE (torchrun), else
+    SLURM_PROCID/SLURM_NTASKS (a task of srun), else 0 of 1 (see :mod:`.launcher`)."""
+    launched_rank, launched_world = launcher_rank()
+    rank = launched_rank if rank is None else rank
+    world_size = launched_world if world_size is None else world_size
     if world_size < 1 or not 0 <= rank < world_size:
         raise InputError(f"rank {rank} is not within world size {world_size}")
     return rank, world_size
@@ -140,6 +147,8 @@ def pool_executor(work: Callable[..., Outcome], workers: int, *args: Any) -> Exe
     def execute(items: list[WorkItem]) -> Iterator[Outcome]:
         if workers == 1:
             return (work(item, *args) for item in items)
+        from joblib import Parallel, delayed  # only a pool needs it (and it costs a fifth of a second to import)
+
         return Parallel(n_jobs=workers, return_as="generator_unordered")(delayed(work)(item, *args) for item in items)
 
     return execute
@@ -150,28 +159,38 @@ class Sink(Protocol):
 
     root: Path
 
-    def prepare(self, shards: Sequence[int]) -> dict[int, set[str]]:
-        """Remove what a killed run left half-written; return the finished videos of each shard."""
+    def prepare(self, shards: Sequence[int], log: Callable[[str], None]) -> dict[int, set[str]]:
+        """Remove what a killed run left half-written; return the finished videos of each shard (``log`` takes a
+        warning line, e.g. about a damaged shard to rebuild)."""
 
     def seal(self, shard: int) -> None:
         """Make a shard whose videos were all attempted final."""
 
 
 def run_stage(name: str, sink: Sink, items: list[WorkItem], execute: Executor, *, rank: int = 0,
-              unit: str = "frames", work: Callable[[WorkItem], int] | None = None, progress: bool = True,
-              log: Callable[[str], None] = print) -> StageSummary:
+              world_size: int = 1, unit: str = "frames", work: Callable[[WorkItem], int] | None = None,
+              progress: bool = True, log: Callable[[str], None] = print) -> StageSummary:
     """Run ``execute`` on the unfinished items, sealing shards as they complete; return the summary.
 
     The bar counts videos, or, with ``work`` (the units a video will produce, e.g. its flows), those units: its
     rate and ETA are then in ``unit`` and it moves with every ``Progress`` the executor yields, not only when a
     video ends. ``log`` receives one line per failed or warned video as it happens, written through the bar so
     that it never lands on the bar's line. Ctrl-C stops cleanly: finished videos stay finished and the rerun
-    resumes. A full disk stops the stage with a StoreError, the store intact.
+    resumes. A full disk stops the stage with a StoreError, the store intact. The run holds the sink's writer lock
+    for ``rank`` (``store_lock.writer_lock``): a second process writing the same rank stops with a StoreError.
     """
+    with writer_lock(sink.root, rank, log):
+        return _run_locked(name, sink, items, execute, rank=rank, world_size=world_size, unit=unit, work=work,
+                           progress=progress, log=log)
+
+
+def _run_locked(name: str, sink: Sink, items: list[WorkItem], execute: Executor, *, rank: int, world_size: int,
+                unit: str, work: Callable[[WorkItem], int] | None, progress: bool,
+                log: Callable[[str], None]) -> StageSummary:
     start = time.perf_counter()
-    summary = StageSummary(name=name, unit=unit, planned=len(items))
+    summary = StageSummary(name=name, unit=unit, planned=len(items), rank=rank, world_size=world_size)
     shards = sorted({it.shard for it in items})
-    done = sink.prepare(shards)
+    done = sink.prepare(shards, log)
     todo = [it for it in items if it.video_id not in done[it.shard]]
     summary.skipped = len(items) - len(todo)
     shard_of = {it.video_id: it.shard for it in todo}
@@ -182,25 +201,35 @@ def run_stage(name: str, sink: Sink, items: list[WorkItem], execute: Executor, *
     cost = {it.video_id: work(it) for it in sorted(todo, key=lambda it: it.shard)} if work else {}
     report = _FailureReport(sink.root / f"failures.rank{rank}.tsv")
     summary.report = report.path
-    bar = _StageBar(name, len(todo), cost, unit, progress)
+    bar = _StageBar(name, len(todo), cost, unit, progress and bool(todo))  # nothing to do: no bar at all
+
+    def handle(event: Outcome | Progress) -> None:
+        if isinstance(event, Progress):
+            summary.processed += event.units
+            bar.advance(event.video_id, event.units)
+            return
+        if event.status == "disk_full":
+            raise StoreError(f"{sink.root}: disk full while writing {event.video_id}; the store is intact "
+                             "(finished videos are kept): free some space and rerun the same command "
+                             f"[{event.message}]")
+        _account(summary, event, report, bar.write(log))
+        summary.processed += bar.finish(event)
+        shard = shard_of[event.video_id]
+        remaining[shard] -= 1
+        if remaining[shard] == 0:
+            sink.seal(shard)
+
+    events = execute(todo)
     try:
-        for event in execute(todo):
-            if isinstance(event, Progress):
-                summary.processed += event.units
-                bar.advance(event.video_id, event.units)
-                continue
-            if event.status == "disk_full":
-                raise StoreError(f"{sink.root}: disk full while writing {event.video_id}; the store is intact "
-                                 "(finished videos are kept): free some space and rerun the same command "
-                                 f"[{event.message}]")
-            _account(summary, event, report, bar.write(log))
-            summary.processed += bar.finish(event)
-            shard = shard_of[event.video_id]
-            remaining[shard] -= 1
-            if remaining[shard] == 0:
-                sink.seal(shard)
+        for event in events:
+            handle(event)
     except KeyboardInterrupt:
         summary.interrupted = True
+        try:
+            for event in _after_interrupt(events):
+                handle(event)
+        except KeyboardInterrupt:  # a second Ctrl-C: stop collecting
+            pass
     finally:
         bar.close()
         report.close()
@@ -208,8 +237,29 @@ def run_stage(name: str, sink: Sink, items: list[WorkItem], execute: Executor, *
     return summary
 
 
+def _after_interrupt(events: Iterator[Outcome | Progress]) -> Iterator[Outcome | Progress]:
+    """What an executor still reports after Ctrl-C: the outcomes of the videos it had already handed on (e.g. to
+    a writer, which finishes them), so that the summary counts every video the store now holds. Ctrl-C is
+    thrown into a generator that was waiting at a ``yield``; one that the Ctrl-C stopped has already reported
+    them before re-raising it, and ``throw`` then raises at once."""
+    throw = getattr(events, "throw", None)
+    if throw is None:
+        return
+    try:
+        event = throw(KeyboardInterrupt())
+        while True:
+            yield event
+            event = next(events)
+    except (KeyboardInterrupt, StopIteration):
+        return
+
+
 class _StageBar:
-    """The stage's progress bar over videos, or over work units when each video's ``cost`` is known."""
+    """The stage's progress bar over videos, or over work units when each video's ``cost`` is known.
+
+    A work-unit bar redraws at every event: a solved batch reports its videos' units in one burst and the next
+    batch takes seconds to minutes, so a bar that skipped the burst's last event (tqdm's 0.1 s redraw interval)
+    would show a stale count until then and jump at the end."""
 
     def __init__(self, name: str, videos: int, cost: dict[str, int], unit: str, enabled: bool) -> None:
         self.cost = cost
@@ -217,8 +267,9 @@ class _StageBar:
         self.videos, self.done, self.failed = videos, 0, 0
         self.unit = unit
         total = sum(cost.values()) if cost else videos
+        every_event = {"mininterval": 0, "miniters": 1} if cost else {}
         self.bar = tqdm(total=total, desc=name, unit=unit.rstrip("s") if cost else "video", disable=not enabled,
-                        dynamic_ncols=True, smoothing=0.05, file=sys.stderr)
+                        dynamic_ncols=True, smoothing=0.05, file=sys.stderr, **every_event)
         self.units = 0  # units of finished videos, for the video-counting bar's rate
 
     def advance(self, video_id: str, units: int) -> None:

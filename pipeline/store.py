@@ -4,16 +4,24 @@ Layout of a store folder (frames and flow stores alike; ``KIND`` is ``frames`` o
 
     actrec_store.json            kind, format_version and the parameters the store was written with
     KIND-00000.h5 ...            sealed shards; a video lives in shard crc32(video_id) % num_shards
+    KIND-00000.videos.txt ...    each shard's video ids, one per line: what a shard held if it cannot be opened
     .parts/KIND-00007/<id>.h5    finished videos of shards not sealed yet (one file per video)
     failures.rankR.tsv           the last run's failed and partial videos of rank R
+    .lock, .lock.rankR           the writers' advisory locks (``actrec.pipeline.store_lock``)
 
 Inside every HDF5 file (shard or part): root attributes ``actrec_kind`` and ``format_version``, and one group
-``videos/<video_id>`` per video holding the kind's datasets and the video's attributes.
+``videos/<video_id>`` per video holding the kind's datasets and the video's attributes. Every entry carries a
+checksum, verified on read (``actrec.pipeline.store_checks``).
 
 Crash safety: every file is written under a ``.tmp`` name and renamed into place, so a reader or a rerun never
 sees a half-written file. A video is finished once its part exists; a shard is sealed by copying its parts
 (and the shard's earlier content, if any) into a new file that replaces the old one atomically. Shard k belongs
-to rank ``k % world_size``, so no two processes ever write the same file.
+to rank ``k % world_size``, so no two processes ever write the same file, and a rank's writer holds the store's lock
+for that rank (``actrec.pipeline.store_lock``), so no two runs write the same rank at once.
+
+Damage: a shard that cannot be opened costs only its own videos. Readers report them by name (its video list
+tells which they are), a writer's rerun computes them again and replaces the shard, and ``actrec verify-store
+--repair`` removes damaged videos and shards (``actrec.pipeline.store_verify``).
 """
 
 from __future__ import annotations
@@ -21,22 +29,23 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import threading
-from collections import OrderedDict
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import h5py
-import hdf5plugin  # noqa: F401  (registers the Zstd, Blosc and Blosc2 filters that flow stores use)
 import numpy as np
 
+from actrec.deps import require
 from actrec.errors import StoreError
-from actrec.pipeline.diskspace import check_free_space, store_io_error
+from actrec.pipeline.diskspace import check_free_space, is_disk_full, store_io_error
+from actrec.pipeline.store_checks import CRC_ATTR, HDF5_ERRORS, array_checksum_options, count, crc32_of, one_line
 
 FORMAT_VERSION = 1
 META_FILE = "actrec_store.json"
 VIDEOS = "videos"
+VIDEO_LIST = ".videos.txt"
 _TMP = ".tmp"
 # A reader keeps at most this many shards open (least recently used closed first), so that a DataLoader worker's
 # descriptors and memory stay flat however many shards a store has (Kinetics: ~1,900 per store).
@@ -77,11 +86,16 @@ class StoreLayout:
     def shard_paths(self) -> list[Path]:
         return sorted(self.root.glob(f"{self.kind}-[0-9][0-9][0-9][0-9][0-9].h5"))
 
-    def prepare(self, shards: Iterable[int]) -> dict[int, set[str]]:
-        """Stage sink: delete a killed run's temporary files, return the finished videos per shard."""
+    def shard_of(self, video_id: str) -> int:
+        """The shard a video belongs to, whether or not it was written."""
+        return zlib.crc32(video_id.encode("utf-8")) % self.num_shards
+
+    def prepare(self, shards: Iterable[int], log: Callable[[str], None] = print) -> dict[int, set[str]]:
+        """Stage sink: delete a killed run's temporary files, return the finished videos per shard (none for a shard
+        that cannot be opened, which is reported through ``log`` and rebuilt)."""
         shards = list(shards)
         clean_partial_files(self, shards)
-        return finished_videos(self, shards)
+        return finished_videos(self, shards, log)
 
     def seal(self, shard: int) -> None:
         """Stage sink: merge the shard's parts into its sealed file."""
@@ -94,7 +108,6 @@ def init_store(root: str | Path, kind: str, params: Mapping[str, Any], num_shard
     ``num_shards`` is fixed when the store is created; a rerun keeps the stored value.
     """
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     meta = {"kind": kind, "format_version": FORMAT_VERSION, "num_shards": num_shards, "params": dict(params)}
     meta_path = root / META_FILE
     if meta_path.exists():
@@ -105,7 +118,11 @@ def init_store(root: str | Path, kind: str, params: Mapping[str, Any], num_shard
                              + ", ".join(f"{k}={a!r} (now {b!r})" for k, (a, b) in diff.items())
                              + "; use another output folder or the same options")
         return StoreLayout(root, kind, int(old["num_shards"]))
-    _atomic_write_text(meta_path, json.dumps(meta, indent=2, sort_keys=True))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(meta_path, json.dumps(meta, indent=2, sort_keys=True))
+    except OSError as exc:
+        raise StoreError(f"{root}: cannot create a {kind} store here ({exc.strerror or exc})") from None
     return StoreLayout(root, kind, num_shards)
 
 
@@ -174,14 +191,17 @@ def write_part(layout: StoreLayout, shard: int, video_id: str, datasets: Mapping
 
 
 def _create_dataset(group: h5py.Group, name: str, ds: Dataset) -> None:
-    options = dict(chunks=ds.chunks, compression=ds.compression, compression_opts=ds.compression_opts,
-                   shuffle=ds.shuffle or None)
+    """One dataset with a checksum per entry: fletcher32 chunks for an array, a CRC-32 attribute for vlen bytes."""
+    if isinstance(ds.compression, int):  # an HDF5 filter plugin's id (Zstd, Blosc): hdf5plugin registers it
+        require("hdf5plugin", f"writing {name} with HDF5 filter {ds.compression}")
+    options = dict(compression=ds.compression, compression_opts=ds.compression_opts, shuffle=ds.shuffle or None)
     if isinstance(ds.data, np.ndarray):
-        group.create_dataset(name, data=ds.data, **options)
+        group.create_dataset(name, data=ds.data, **options, **array_checksum_options(ds.data, ds.chunks))
         return
     items = np.empty(len(ds.data), dtype=object)
     items[:] = list(ds.data)
-    group.create_dataset(name, data=items, dtype=h5py.vlen_dtype(np.uint8), **options)
+    dset = group.create_dataset(name, data=items, dtype=h5py.vlen_dtype(np.uint8), chunks=ds.chunks, **options)
+    dset.attrs[CRC_ATTR] = crc32_of(ds.data)
 
 
 def clean_partial_files(layout: StoreLayout, shards: Iterable[int]) -> int:
@@ -195,32 +215,83 @@ def clean_partial_files(layout: StoreLayout, shards: Iterable[int]) -> int:
     return removed
 
 
-def finished_videos(layout: StoreLayout, shards: Iterable[int]) -> dict[int, set[str]]:
-    """Per shard, the videos already finished: in the sealed shard or as a complete part file."""
+def finished_videos(layout: StoreLayout, shards: Iterable[int],
+                    log: Callable[[str], None] = print) -> dict[int, set[str]]:
+    """Per shard, the videos already finished: in the sealed shard or as a complete part file. A sealed shard that
+    cannot be opened holds none (its videos are done again and the shard replaced when sealed), said through
+    ``log`` with the count of videos its list names."""
     out: dict[int, set[str]] = {}
     for shard in shards:
-        done = set(_shard_video_ids(layout.shard_path(shard)))
+        path = layout.shard_path(shard)
+        try:
+            done = set(list_shard(path))
+        except StoreError as exc:
+            held = read_video_list(path)
+            log(f"warning: {exc}; its {'videos' if held is None else count(len(held), 'video')} will be written "
+                "again and the shard replaced")
+            done = set()
         done.update(p.stem for p in layout.parts_dir(shard).glob("*.h5"))
         out[shard] = done
     return out
 
 
-def _shard_video_ids(path: Path) -> list[str]:
+def list_shard(path: Path) -> list[str]:
+    """The video ids of a sealed shard (none when it does not exist); StoreError naming the shard when it cannot be
+    opened or listed (e.g. a damaged header)."""
     if not path.exists():
         return []
-    with _open_read(path) as f:
-        return list(f[VIDEOS].keys())
+    with open_read(path) as f:
+        try:
+            return list(f[VIDEOS].keys())
+        except HDF5_ERRORS as exc:
+            raise StoreError(f"{path}: shard cannot be read ({one_line(exc)})") from None
 
 
-def _open_read(path: Path) -> h5py.File:
+def open_read(path: Path) -> h5py.File:
     """Open a shard or part for reading. HDF5's default file locking is kept (best effort: ignored where the file
     system has none), so that a plain ``h5py.File(path, "r")`` of the same file in the same process is compatible."""
+    _register_filter_plugins()
     try:
         f = h5py.File(path, "r", **CHUNK_CACHE)
-    except OSError as exc:
-        raise StoreError(f"{path}: unreadable HDF5 file ({exc})") from None
-    _check_version(path, f.attrs.get("format_version"))
+    except HDF5_ERRORS as exc:
+        raise StoreError(f"{path}: shard cannot be opened ({one_line(exc)})") from None
+    try:
+        version = f.attrs.get("format_version")
+    except HDF5_ERRORS as exc:
+        f.close()
+        raise StoreError(f"{path}: shard cannot be read ({one_line(exc)})") from None
+    try:
+        _check_version(path, version)
+    except StoreError:
+        f.close()
+        raise
     return f
+
+
+def _register_filter_plugins() -> None:
+    """Register hdf5plugin's filters (Zstd, Blosc: the flow stores' default codecs) with HDF5 when the package is
+    installed. Without it, stores written with HDF5's own codecs (gzip, none) read as usual; ``FlowStore`` says
+    which package a store of plugin codecs needs."""
+    with contextlib.suppress(ImportError):
+        import hdf5plugin  # noqa: F401
+
+
+def video_list_path(shard_path: Path) -> Path:
+    """The file beside a shard that lists its video ids."""
+    return shard_path.with_name(shard_path.stem + VIDEO_LIST)
+
+
+def write_video_list(shard_path: Path, video_ids: Iterable[str]) -> None:
+    """Write a shard's video list (atomically)."""
+    _atomic_write_text(video_list_path(shard_path), "".join(f"{v}\n" for v in sorted(video_ids)))
+
+
+def read_video_list(shard_path: Path) -> list[str] | None:
+    """The video ids a shard's list names; None when it has no readable list (a store written before lists)."""
+    try:
+        return video_list_path(shard_path).read_text(encoding="utf-8").split()
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def seal_shard(layout: StoreLayout, shard: int) -> int:
@@ -232,42 +303,77 @@ def seal_shard(layout: StoreLayout, shard: int) -> int:
     parts = {p.stem: p for p in layout.parts_dir(shard).glob("*.h5")}
     if not parts:
         return 0
-    final = layout.shard_path(shard)
-    tmp = final.with_name(final.name + _TMP)
-    added = 0
-    try:
-        needed = sum(p.stat().st_size for p in parts.values()) + (final.stat().st_size if final.exists() else 0)
-        check_free_space(layout.root, needed, f"sealing {final.name}")
-        old = _open_read(final) if final.exists() else None
-        try:
-            with _new_file(tmp, layout.kind) as out:
-                out.attrs["shard"] = shard
-                for video_id in sorted(set(parts) | set(old[VIDEOS] if old is not None else ())):
-                    if old is not None and video_id in old[VIDEOS]:
-                        out.copy(old[VIDEOS][video_id], out[VIDEOS], name=video_id)
-                    elif video_id in parts:
-                        added += _copy_part(parts[video_id], out, video_id)
-        finally:
-            if old is not None:
-                old.close()
-        _fsync(tmp)
-        tmp.replace(final)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise store_io_error(final, exc) from None
+    added = _rewrite_shard(layout, shard, parts, drop=set())
     for part in parts.values():
         part.unlink(missing_ok=True)
     _remove_empty(layout.parts_dir(shard))
     return added
 
 
-def _copy_part(part: Path, out: h5py.File, video_id: str) -> int:
+def drop_videos(layout: StoreLayout, shard: int, video_ids: set[str]) -> None:
+    """Rewrite a sealed shard without ``video_ids`` (damaged videos), so that the writer's rerun redoes them."""
+    _rewrite_shard(layout, shard, {}, drop=video_ids)
+
+
+def _rewrite_shard(layout: StoreLayout, shard: int, parts: dict[str, Path], drop: set[str]) -> int:
+    """Write a shard's new version (its readable old videos but ``drop``, plus ``parts``) beside it, then rename it
+    over the old one; return the videos added from parts. The video list names every video of the old and the new
+    shard while the rename happens, and exactly the new ones after."""
+    final = layout.shard_path(shard)
+    tmp = final.with_name(final.name + _TMP)
     try:
-        with _open_read(part) as src:
-            out.copy(src[VIDEOS][video_id], out[VIDEOS], name=video_id)
-        return 1
-    except (StoreError, KeyError):
-        return 0
+        needed = sum(p.stat().st_size for p in parts.values()) + (final.stat().st_size if final.exists() else 0)
+        check_free_space(layout.root, needed, f"writing {final.name}")
+        old, old_ids = _readable_shard(final)
+        try:
+            with _new_file(tmp, layout.kind) as out:
+                out.attrs["shard"] = shard
+                kept = {vid for vid in old_ids if vid not in drop and _copy_group(old, vid, out)}
+                added = {vid for vid in sorted(set(parts) - kept) if _copy_part(parts[vid], out, vid)}
+        finally:
+            if old is not None:
+                old.close()
+        _fsync(tmp)
+        write_video_list(final, set(old_ids) | kept | added)
+        tmp.replace(final)
+        write_video_list(final, kept | added)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise store_io_error(final, exc) from None
+    return len(added)
+
+
+def _readable_shard(path: Path) -> tuple[h5py.File | None, list[str]]:
+    """A sealed shard to merge into its new version, and its video ids; (None, []) when there is none or it cannot
+    be read (its videos were done again: ``finished_videos`` counted none of them)."""
+    try:
+        ids = list_shard(path)
+        return (open_read(path) if path.exists() else None), ids
+    except StoreError:
+        return None, []
+
+
+def _copy_group(src: h5py.File, video_id: str, out: h5py.File) -> bool:
+    """Copy one video's group into ``out``; False when it cannot be read (it is left out, so a rerun redoes it).
+    A write error (e.g. a full disk) is raised."""
+    try:
+        out.copy(src[VIDEOS][video_id], out[VIDEOS], name=video_id)
+        return True
+    except HDF5_ERRORS as exc:
+        if isinstance(exc, OSError) and is_disk_full(exc):
+            raise
+        if video_id in out[VIDEOS]:
+            del out[VIDEOS][video_id]
+        return False
+
+
+def _copy_part(part: Path, out: h5py.File, video_id: str) -> bool:
+    """Copy a finished video's part into ``out``; False for a part that cannot be read (its video is redone)."""
+    try:
+        with open_read(part) as src:
+            return _copy_group(src, video_id, out)
+    except StoreError:
+        return False
 
 
 def _fsync(path: Path) -> None:
@@ -283,114 +389,3 @@ def _remove_empty(folder: Path) -> None:
     with contextlib.suppress(OSError):
         folder.rmdir()
         folder.parent.rmdir()
-
-
-class ShardedReader:
-    """Random access to the videos of a store, across all its sealed shards, without any global lock.
-
-    The index (video id -> shard) is built on first use; HDF5 handles are opened lazily, at most
-    ``MAX_OPEN_SHARDS`` at a time per thread, and re-opened after a fork, so one reader object can be handed to
-    DataLoader worker processes and shared by reader threads (each thread closes only its own handles, never one
-    that another thread is reading from). A group returned by :meth:`group` is valid until its shard is closed,
-    i.e. until the same thread opened ``MAX_OPEN_SHARDS`` other shards after it: use it right away, do not keep it.
-    """
-
-    def __init__(self, root: str | Path, kind: str) -> None:
-        self.root = Path(root)
-        self.kind = kind
-        self.meta = read_store_meta(self.root, kind)
-        self.layout = StoreLayout(self.root, kind, int(self.meta["num_shards"]))
-        self._index: dict[str, Path] | None = None
-        self._forget_handles()
-
-    def _forget_handles(self) -> None:
-        """Start with no open handle (a new, unpickled or forked reader; after close)."""
-        self._pid = os.getpid()
-        self._local = threading.local()  # .handles: this thread's LRU of open shards, least recently used first
-        self._caches: list[OrderedDict[Path, h5py.File]] = []  # every thread's LRU, for close()
-        self._caches_lock = threading.Lock()
-
-    def _thread_handles(self) -> OrderedDict[Path, h5py.File]:
-        if os.getpid() != self._pid:  # forked into a worker: never share HDF5 handles across processes
-            self._forget_handles()
-        handles = getattr(self._local, "handles", None)
-        if handles is None:
-            handles = self._local.handles = OrderedDict()
-            with self._caches_lock:
-                self._caches.append(handles)
-        return handles
-
-    @property
-    def open_shards(self) -> int:
-        """How many shard files this reader holds open, over all threads."""
-        with self._caches_lock:
-            return sum(len(handles) for handles in self._caches)
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return self.meta["params"]
-
-    @property
-    def index(self) -> dict[str, Path]:
-        if self._index is None:
-            self._index = {vid: path for path in self.layout.shard_paths() for vid in _shard_video_ids(path)}
-        return self._index
-
-    @property
-    def video_ids(self) -> list[str]:
-        return list(self.index)
-
-    def __contains__(self, video_id: str) -> bool:
-        return video_id in self.index
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def group(self, video_id: str) -> h5py.Group:
-        """The HDF5 group of a video (datasets and attributes)."""
-        try:
-            path = self.index[video_id]
-        except KeyError:
-            raise StoreError(f"{self.root}: video {video_id!r} is not in this {self.kind} store") from None
-        return self._handle(path)[VIDEOS][video_id]
-
-    def attrs(self, video_id: str) -> dict[str, Any]:
-        return {k: _plain(v) for k, v in self.group(video_id).attrs.items()}
-
-    def _handle(self, path: Path) -> h5py.File:
-        """The open shard, from this thread's small LRU of handles (at most ``MAX_OPEN_SHARDS``)."""
-        handles = self._thread_handles()
-        handle = handles.get(path)
-        if handle is not None and handle.id.valid:
-            handles.move_to_end(path)
-            return handle
-        while len(handles) >= MAX_OPEN_SHARDS:
-            handles.popitem(last=False)[1].close()
-        handles[path] = handle = _open_read(path)
-        return handle
-
-    def close(self) -> None:
-        """Close every shard this reader opened, in any thread (call it once the threads are done reading)."""
-        with self._caches_lock:
-            caches = self._caches
-        for handles in caches:
-            for handle in handles.values():
-                handle.close()
-        self._forget_handles()
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_local", "_caches", "_caches_lock")}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._forget_handles()
-
-    def __enter__(self) -> "ShardedReader":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,3 +27,13 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def videos_dir(shared_data: Path) -> Path:
     return shared_data / "videos"
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path):
+    """An empty folder on a read-only file system: a tmpfs mounted read-only (chmod does not stop root)."""
+    sys.path.insert(0, str(Path(__file__).parent))  # tests/ is not a package: reach the helper module
+    from mounts import tmpfs
+
+    with tmpfs(tmp_path / "read_only", "ro,size=64k", "a read-only tmpfs") as folder:
+        yield folder

@@ -13,7 +13,9 @@ import torch
 from actrec.data_manifests.manifest import ManifestRow, read_manifest, write_manifest
 from actrec.errors import InputError
 from actrec.pipeline.flow import FlowOptions, compute_flow
-from actrec.training.augment import AugmentParams, flow_to_units, tsn_augment
+from actrec.training.augment import AugmentParams, draw_tsn, flow_to_units
+from actrec.training.batch import collate_clips
+from actrec.training.batch_augment import tsn_batch
 from actrec.training.datasets import (ClipSource, DecodedVideos, EvalVideos, TrainClips, read_spans, rgb_index,
                                       segment_starts, stack_indices)
 from actrec.training.distributed import StreamBatchSampler
@@ -75,11 +77,16 @@ def test_position_i_pairs_flows_i_to_i_plus_l_minus_1_with_their_middle_frame(tm
 def test_clips_and_eval_videos_have_the_documented_layout(tmp_path):
     data = fx.indexed_dataset(tmp_path, {"a": 20})
     source = ClipSource(data.frames, data.flow, read_manifest(data.manifest), flow_length=3)
-    clips = TrainClips(source, 4, tsn_augment, AugmentParams(crop=8, resize=8, scales=(1.0,)), seed=0)
-    rgb, flow, label = clips[(0, 17)]
-    assert rgb.shape == (4, 3, 8, 8) and flow.shape == (4, 3, 2, 8, 8) and label == 0
+    params = AugmentParams(crop=8, resize=8, scales=(1.0,))
+    clips = TrainClips(source, 4, draw_tsn, params, seed=0)
+    clip = clips[(0, 17)]  # uint8, channels last, cut to its crop
+    assert clip.rgb.dtype == np.uint8 and clip.rgb.shape == (4, 8, 8, 3) and clip.label == 0
+    assert len(clip.stacks) == 4 and all(s.shape == (3, 8, 8, 2) and s.dtype == np.uint8 for s in clip.stacks)
     again = clips[(0, 17)]
-    assert torch.equal(again[0], rgb) and torch.equal(again[1], flow)  # the stream position fixes the draw
+    assert again.draw == clip.draw and np.array_equal(again.rgb, clip.rgb)  # the stream position fixes the draws
+    batch = collate_clips([clip, again])
+    rgb, flow = tsn_batch(batch, source.bound, params)
+    assert rgb.shape == (2, 4, 3, 8, 8) and flow.shape == (2, 4, 3, 2, 8, 8)  # the models' layout
     rgb, flow, index = EvalVideos(source, 5)[0]
     assert rgb.dtype == torch.uint8 and rgb.shape == (5, 3, 8, 8) and flow.shape == (5, 3, 2, 8, 8)
     assert rgb[:, 0, 0, 0].tolist() == (segment_starts(19 - 3 + 1, 5, None) + 3 // 2).tolist()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -22,30 +23,20 @@ from actrec.data_manifests.manifest import ManifestRow, write_manifest
 from actrec.pipeline.flow import FlowStore
 from actrec.pipeline.frames import FrameStore
 
+sys.path.insert(0, str(Path(__file__).parent))  # tests/ is not a package: reach the helper module
+from mounts import mount_tmpfs, tmpfs  # noqa: E402
+
 CLIPS = ["ava_demo_6fps.mp4", "ucf101_ApplyEyeMakeup_xvid.avi", "kinetics_tai_chi.mp4"]
 
 
 def _mount(folder: Path, size: str, remount: bool = False) -> subprocess.CompletedProcess:
-    options = f"remount,size={size}" if remount else f"size={size}"
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True,
-                          text=True)
+    return mount_tmpfs(folder, f"remount,size={size}" if remount else f"size={size}")
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    folder = tmp_path / "small"
-    folder.mkdir()
-    try:
-        mounted = _mount(folder, "512k")
-    except FileNotFoundError:
-        pytest.skip("no mount command on this machine: cannot make a small file system")
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a 512 KB tmpfs here (needs root and a container that allows it): "
-                    f"{mounted.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "small", "size=512k", "a 512 KB tmpfs") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", "--lazy", str(folder)], check=True)
 
 
 def _finished(root: Path, kind: str) -> int:

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import csv
+import re
+import shutil
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
+from actrec.cli import cli
 from actrec.data_manifests.manifest import read_manifest
+from actrec.errors import InputError
+from actrec.fusion.model import EarlyFusion, LateFusion, save_fusion
 from actrec.fusion.scores import load_scores
 from actrec.training.augment import AugmentParams, eval_frames, eval_view, view_boxes
 from actrec.training import evaluate as evaluate_module, trainer
@@ -123,3 +130,73 @@ def test_grouped_confusion_keeps_the_most_frequent_classes_and_an_other_group():
     assert np.allclose(matrix, expected / expected.sum(1, keepdims=True))
     top, matrix = grouped_confusion(labels, predicted, num_classes=4, top=10)
     assert top == [0, 1, 2, 3] and matrix.shape == (4, 4)
+
+
+def _damage_flow(data, video_id: str, flow_index: int, out: Path) -> Path:
+    """A copy of the run's flow store with 8 bytes flipped in the middle of one flow of one video."""
+    shutil.copytree(data.flow, out)
+    shard = next(out.glob("flow-*.h5"))
+    with h5py.File(shard, "r") as f:
+        info = f[f"videos/{video_id}/flow"].id.get_chunk_info(flow_index)
+    raw = bytearray(shard.read_bytes())
+    middle = info.byte_offset + info.size // 2
+    raw[middle:middle + 8] = bytes(b ^ 0xFF for b in raw[middle:middle + 8])
+    shard.write_bytes(bytes(raw))
+    return shard
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_damaged_video_is_listed_and_every_other_video_is_scored(run, tmp_path, workers):
+    checkpoint, data = run
+    shard = _damage_flow(data, "c1_v3", 2, tmp_path / "flow")
+    output = tmp_path / "scores.npz"
+    result = CliRunner().invoke(cli, ["evaluate", "--checkpoint", str(checkpoint), "-o", str(output), "--flow",
+                                      str(tmp_path / "flow"), "--positions", "2", "--crops", "center", "--workers",
+                                      str(workers), "--quiet"])
+    assert result.exit_code == 1
+    failed = [line for line in result.output.splitlines() if line.startswith("failed: ")]
+    assert failed == [f"failed: {shard}: video 'c1_v3', flow 2: checksum mismatch (Fletcher-32): the shard is damaged"]
+    assert "evaluate: 1 videos could not be read and are not in the scores" in result.output
+    scores = load_scores(output)
+    expected = [r.video_id for r in read_manifest(data.manifest) if r.split == "test" and r.video_id != "c1_v3"]
+    assert scores.video_ids == expected and scores.scores.shape == (2, 5, 3)
+
+
+def test_outputs_are_checked_before_any_video_is_scored(run, tmp_path, monkeypatch):
+    checkpoint, _ = run
+
+    def never(*args, **kwargs):
+        raise AssertionError("a video was scored before the outputs were checked")
+
+    monkeypatch.setattr(evaluate_module._Scorer, "add_video", never)
+    classes = ["class_0", "class_1", "class_2"]
+    fusions = {"truncated": "not a readable fusion JSON", "classes": "fusion of 4 classes, but the model has 3",
+               "streams": "fusion of streams ['rgb', 'depth']", "early": "early fusion needs the streams' features",
+               "early_sizes": "early fusion of features of sizes [100, 100], but this model's are [256, 256]"}
+    for name, problem in fusions.items():
+        path = tmp_path / f"{name}.json"
+        if name.startswith("early"):
+            size = 100 if name == "early_sizes" else 256  # the reduced STILT's heads take 32 x width = 256
+            save_fusion(path, EarlyFusion(["rgb", "flow"], classes, [size, size], np.zeros(2 * size, np.float32),
+                                          np.ones(2 * size, np.float32), np.zeros((3, 2 * size), np.float32),
+                                          np.zeros(3, np.float32)))
+        else:
+            streams = ["rgb", "depth"] if name == "streams" else ["rgb", "flow"]
+            names = classes + ["class_3"] if name == "classes" else classes
+            save_fusion(path, LateFusion("average", streams, names, np.full((len(names), 2), 0.5)))
+        if name == "truncated":
+            path.write_text(path.read_text()[:40])
+        with pytest.raises(InputError, match=re.escape(problem)) as caught:
+            evaluate(checkpoint, tmp_path / "s.npz", EvalOptions(fusion=str(path), workers=0,
+                                                                 features=name == "early_sizes"), progress=False)
+        assert str(path) in str(caught.value)
+
+
+def test_a_read_only_output_folder_is_refused_before_any_work(run, read_only_dir, monkeypatch):
+    checkpoint, _ = run
+    monkeypatch.setattr(evaluate_module, "load_checkpoint", lambda *a: pytest.fail("work began"))
+    result = CliRunner().invoke(cli, ["evaluate", "--checkpoint", str(checkpoint), "-o",
+                                      str(read_only_dir / "scores.npz"), "--quiet"])
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [f"error: {read_only_dir}: cannot write the score file here (Read-only "
+                                          "file system); choose another -o"]

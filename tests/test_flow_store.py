@@ -140,7 +140,7 @@ def test_corrupt_frames_fail_one_video_and_the_others_complete(frames_root: Path
     result = CliRunner().invoke(cli, ["compute-flow", "--frames", str(broken), "--out", str(tmp_path / "flow"),
                                       "--quiet", "--nscales", "2", "--warps", "1"])
     assert result.exit_code == 1
-    assert "failed: " in result.output and "cannot be decoded" in result.output
+    assert f"failed: {shard}: video 'ava', frame 3: checksum mismatch" in result.output  # shard, video, index
     assert "1 done, 0 skipped (already finished), 1 failed" in result.output
     assert FlowStore(tmp_path / "flow").video_ids == ["rot"]
 

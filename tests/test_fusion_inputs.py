@@ -128,7 +128,7 @@ def test_class_without_training_video_gets_equal_weights() -> None:
     keep = s.labels != 7
     part = ScoreSet([v for v, k in zip(s.video_ids, keep) if k], s.labels[keep], s.class_names, s.stream_names,
                     s.scores[:, keep])
-    with pytest.warns(FusionWarning, match="1 classes have no training video and get equal weights: class7"):
+    with pytest.warns(FusionWarning, match="1 class has no training video and gets equal weights: class7"):
         fusion = fit_awf(part, AwfParams(lam=1.0))
     assert fusion.weights[7].tolist() == [0.5, 0.5] and fusion.info["equal_weight_classes"] == ["class7"]
 
@@ -207,3 +207,58 @@ def test_cli_fit_fusion_single_stream(tmp_path: Path, method: str) -> None:
 
 def test_simplex_grid_of_one_stream_is_weight_one() -> None:
     assert simplex_grid(1, 20).tolist() == [[1.0]]
+
+
+def test_cli_folds_beyond_the_labelled_videos_says_which_folds_to_use(tmp_path: Path) -> None:
+    """Issue 28.7: "5 folds need 2..4 (the labelled videos)" becomes an instruction."""
+    train = two_group_scores(1, 2, "a")
+    labels = np.full(len(train.labels), -1)
+    labels[:4] = train.labels[:4]
+    save_scores(tmp_path / "train.npz", _with(train, labels=labels))
+    save_scores(tmp_path / "test.npz", two_group_scores(2, 2, "b"))
+    args = ["fit-fusion", "--train-scores", str(tmp_path / "train.npz"), "--test-scores", str(tmp_path / "test.npz"),
+            "-o", str(tmp_path / "fusion.json")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == (f"error: {tmp_path / 'train.npz'}: 5 folds but 4 labelled "
+                                                      "videos: use --folds between 2 and 4")
+    labels[1:] = -1
+    save_scores(tmp_path / "train.npz", _with(train, labels=labels))
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and result.output.strip().splitlines()[-1].endswith(
+        "choosing lambda by cross-validation needs at least 2 labelled videos, found 1: give --lambda a value")
+
+
+def test_scores_that_are_not_probabilities_are_refused_and_logits_are_converted(tmp_path: Path) -> None:
+    """Scores x 1e6 (or any rows not summing to 1) are refused naming the file and the row; --logits softmaxes .npy
+    logits, giving the fusion their probabilities give."""
+    for side, seed in (("train", 1), ("test", 2)):
+        s = two_group_scores(seed, 10, side)
+        np.save(tmp_path / f"{side}_probs.npy", s.scores)  # (S, N, C)
+        np.save(tmp_path / f"{side}_scaled.npy", s.scores * 1e6)
+        np.save(tmp_path / f"{side}_logits.npy", np.log(s.scores) + 7.5)  # softmax gives back the probabilities
+        (tmp_path / f"{side}_ids.txt").write_text("\n".join(s.video_ids))
+        np.save(tmp_path / f"{side}_labels.npy", s.labels)
+
+    def fit(kind: str, *extra: str) -> tuple:
+        args = ["fit-fusion", "--stream-names", "rgb,flow", "--lambda", "1", "-o", str(tmp_path / f"{kind}.json"),
+                *extra]
+        for side in ("train", "test"):
+            args += [f"--{side}-scores", str(tmp_path / f"{side}_{kind}.npy"), f"--{side}-ids",
+                     str(tmp_path / f"{side}_ids.txt"), f"--{side}-labels", str(tmp_path / f"{side}_labels.npy")]
+        return CliRunner().invoke(cli, args)
+
+    scaled = fit("scaled")
+    assert scaled.exit_code == 1
+    (line,) = [line for line in scaled.output.splitlines() if line.startswith("error: ")]
+    assert line.startswith(f"error: {tmp_path / 'train_scaled.npy'}: stream 'rgb': 100 of 100 rows do not sum to 1 "
+                           "(row 0 sums to ")
+    assert line.endswith("expected softmax probabilities (for logits from another toolkit, pass --logits)")
+    assert fit("logits").exit_code == 1  # logits are not probabilities either
+    probabilities, logits = fit("probs"), fit("logits", "--logits")
+    assert probabilities.exit_code == 0 and logits.exit_code == 0, logits.output
+    np.testing.assert_allclose(load_fusion(tmp_path / "logits.json").weights,
+                               load_fusion(tmp_path / "probs.json").weights, atol=1e-6)
+    save_scores(tmp_path / "train.npz", two_group_scores(1, 10, "a"))
+    with pytest.raises(InputError, match="no id list, labels, stream names or --logits"):
+        load_scores(tmp_path / "train.npz", logits=True)

@@ -225,3 +225,80 @@ def test_kinetics_csv_row_with_wrong_field_count_is_one_line_error(tmp_path: Pat
                                  "--label-map", str(k / "label_map_k400.txt"), "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert "19906 videos (val 19906); 0 duplicates" in result.output
+
+
+def _flat_tree(root: Path, videos_dir: Path, sizes: dict[str, int]) -> Path:
+    """<root>/<class>/<class>_<i>.mp4, each a link to a real clip."""
+    clips = sorted(p for p in videos_dir.glob("kinetics_*.mp4"))
+    for name, count in sizes.items():
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            (root / name / f"{name}_{i:02d}.mp4").symlink_to(clips[i % len(clips)])
+    return root
+
+
+def test_make_manifest_folder_holds_out_a_share_of_every_class(tmp_path: Path, videos_dir: Path) -> None:
+    """Issue 28.7: a flat <class>/<video> tree no longer puts everything in train."""
+    root = _flat_tree(tmp_path / "clips", videos_dir, {"juggle": 10, "run": 20, "swim": 3, "yawn": 1})
+    out = tmp_path / "m.csv"
+
+    def make(*extra: str):
+        return CliRunner().invoke(cli, ["make-manifest", "folder", "--video-root", str(root), "-o", str(out),
+                                        "--test-fraction", "0.2", "--val-fraction", "0.1", *extra])
+
+    result = make("--seed", "3")
+    assert result.exit_code == 0, result.output
+    splits = {(r.label_name, r.split): 0 for r in read_manifest(out)}
+    for r in read_manifest(out):
+        splits[(r.label_name, r.split)] += 1
+    assert splits == {("juggle", "test"): 2, ("juggle", "val"): 1, ("juggle", "train"): 7,
+                      ("run", "test"): 4, ("run", "val"): 2, ("run", "train"): 14,
+                      ("swim", "test"): 1, ("swim", "train"): 2, ("yawn", "train"): 1}
+    assert "make-manifest: 34 videos (test 7, train 24, val 3); 0 duplicates, 0 unknown labels, 0 missing" \
+        in result.output
+    assert ("warning: 2 classes are too small to give every held-out split a video: swim (3 videos), "
+            "yawn (1 video)") in result.output
+    first = out.read_bytes()
+    assert make("--seed", "3").exit_code == 0 and out.read_bytes() == first  # the same seed, the same manifest
+    assert make("--seed", "4").exit_code == 0 and out.read_bytes() != first
+    held = {r.video_id for r in read_manifest(out) if r.split != "train"}
+    (root / "juggle" / "juggle_new.mp4").symlink_to(videos_dir / "kinetics_tai_chi.mp4")
+    assert make("--seed", "4").exit_code == 0
+    moved = held ^ {r.video_id for r in read_manifest(out) if r.split != "train"}
+    assert len(moved - {"juggle_new"}) <= 2  # a new video moves at most two others, not a reshuffle
+
+
+def test_held_out_fractions_are_refused_where_splits_exist(tmp_path: Path, splits: Path, videos_dir: Path) -> None:
+    runner = CliRunner()
+    ucf = runner.invoke(cli, ["make-manifest", "ucf101", "--splits-dir", str(splits / "ucf101"), "-o",
+                              str(tmp_path / "u.csv"), "--test-fraction", "0.2"])
+    assert ucf.exit_code == 2 and "ucf101 has official splits; --test-fraction and --val-fraction are for folder" \
+        in ucf.output
+    _flat_tree(tmp_path / "split" / "train", videos_dir, {"run": 2})
+    _flat_tree(tmp_path / "split" / "test", videos_dir, {"run": 1})
+    tree = runner.invoke(cli, ["make-manifest", "folder", "--video-root", str(tmp_path / "split"), "-o",
+                               str(tmp_path / "s.csv"), "--val-fraction", "0.1"])
+    assert tree.exit_code == 1 and tree.output == (
+        f"error: {tmp_path / 'split'}: the tree has its own split folders (test, train); --test-fraction and "
+        "--val-fraction are for a flat <class>/<video> layout\n")
+    _flat_tree(tmp_path / "flat", videos_dir, {"run": 2})
+    too_much = runner.invoke(cli, ["make-manifest", "folder", "--video-root", str(tmp_path / "flat"), "-o",
+                                   str(tmp_path / "f.csv"), "--test-fraction", "0.6", "--val-fraction", "0.4"])
+    assert too_much.exit_code == 1 and "must be at least 0 and sum to less than 1" in too_much.output
+
+
+def test_counts_of_one_are_singular(tmp_path: Path, videos_dir: Path) -> None:
+    """Issue 28.7: "1 video outside them have no class"."""
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "a.mp4").symlink_to(videos_dir / "kinetics_tai_chi.mp4")
+    result = CliRunner().invoke(cli, ["make-manifest", "folder", "--video-root", str(tmp_path / "clips"), "-o",
+                                      str(tmp_path / "m.csv")])
+    assert result.exit_code == 1 and result.output.rstrip().endswith("; 1 video outside them has no class")
+    _flat_tree(tmp_path / "one", videos_dir, {"run": 1})
+    (tmp_path / "one" / "loose.mp4").symlink_to(videos_dir / "kinetics_tai_chi.mp4")
+    result = CliRunner().invoke(cli, ["make-manifest", "folder", "--video-root", str(tmp_path / "one"), "-o",
+                                      str(tmp_path / "m.csv")])
+    assert result.exit_code == 0, result.output
+    assert "warning: 1 video left out, not in a class folder" in result.output
+    assert "make-manifest: 1 video (train 1); 0 duplicates, 0 unknown labels, 0 missing, 1 outside class folders" \
+        in result.output

@@ -5,15 +5,18 @@ from __future__ import annotations
 import csv
 import shutil
 import sys
+import threading
+import time
 from pathlib import Path
 
 import matplotlib.image
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from actrec.errors import OutputError
 from actrec.training.config import resolve_config
 from actrec.training.evaluate import EvalOptions, evaluate
-from actrec.training.monitor import LOSS_PLOT, TENSORBOARD, wait_past_newest_event_file
+from actrec.training.monitor import LOSS_PLOT, TENSORBOARD, MetricsRow, RunMonitor, wait_past_newest_event_file
 from actrec.training.trainer import resume_config, train
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/ is not a package: reach the shared helper module
@@ -70,9 +73,13 @@ def test_a_resumed_run_replaces_the_events_after_its_checkpoint(data, tmp_path):
     overrides = fx.tiny_overrides(data, iterations=2)
     run = tmp_path / "run"
     train(resolve_config("stilt", overrides=overrides), run, progress=False)
-    shutil.copy(run / "checkpoint.pt", tmp_path / "at_2.pt")
+    at_2 = tmp_path / "at_2"
+    at_2.mkdir()
+    for name in ("checkpoint.pt", "checkpoint.pt.sha256"):
+        shutil.copy(run / name, at_2 / name)
     train(resume_config(run, {"iterations": 4}), run, resume=True, progress=False)
-    shutil.copy(tmp_path / "at_2.pt", run / "checkpoint.pt")  # a crash after iteration 4, before its checkpoint
+    for name in ("checkpoint.pt", "checkpoint.pt.sha256"):  # a crash after iteration 4, before its checkpoint
+        shutil.copy(at_2 / name, run / name)
     train(resume_config(run, {"iterations": 3}), run, resume=True, progress=False)
     assert [int(r["iteration"]) for r in _metrics(run)] == [1, 2, 3]
     loss = _scalars(run)["train/loss"]
@@ -108,3 +115,29 @@ def test_a_new_event_file_never_shares_its_second_with_the_newest_one(tmp_path):
     assert waits == []
     wait_past_newest_event_file(tmp_path / "absent", clock=lambda: now[0], sleep=sleep)
     assert waits == []
+
+
+def test_a_failed_event_write_is_reported_once_in_one_line_without_the_threads_traceback(tmp_path, monkeypatch):
+    """TensorBoard writes events from a thread; when the run folder goes away its failure is raised by the next
+    log, as one line, instead of a traceback printed from the thread (Python's threading.excepthook)."""
+    printed = []
+
+    def print_hook(args: threading.ExceptHookArgs) -> None:
+        printed.append(args.exc_type)
+
+    monkeypatch.setattr(threading, "excepthook", print_hook)
+    run = tmp_path / "run"
+    run.mkdir()
+    monitor = RunMonitor(run, 0)
+    monitor.log(MetricsRow(1, 1.0, 0.1, 1.0, 0.0, 1.0))
+    time.sleep(0.5)  # the first events are written
+    for step in range(2, 50):
+        monitor.writer.add_scalar("queued", 1.0, step)
+    run.rename(tmp_path / "moved")
+    thread = monitor.writer.file_writer.event_writer._async_writer._worker
+    thread.join(timeout=30)  # it fails on the queued events
+    assert isinstance(thread.exception, FileNotFoundError)
+    with pytest.raises(OutputError, match=rf"^{run / 'metrics.csv'}: cannot write the metrics of iteration 2 "):
+        monitor.log(MetricsRow(2, 1.0, 0.1, 1.0, 0.0, 2.0))
+    monitor.abandon()
+    assert printed == [] and threading.excepthook is print_hook  # restored

@@ -107,3 +107,27 @@ def test_zero_indexed_tsn_naming_and_gaps(tmp_path: Path) -> None:
     assert "img_ files skip from index 0 to 2 (img_00002.jpg)" in frames_summary.failures[0].message
     assert FrameStore(tmp_path / "frames").num_frames("a") == 3
     assert FlowStore(tmp_path / "flow").read_stack("a", 0, 3).shape == (3, 24, 32, 2)
+
+
+def test_the_mmaction2_sample_imports_with_a_flow_count_warning(tmp_path: Path, videos_dir: Path) -> None:
+    """Issue 28.7: its 10 frames come with 5 flows, where 10 frames give 9."""
+    sample = videos_dir / "rawframes_mmaction2"
+    result = CliRunner().invoke(cli, ["import-rawframes", "--src", str(sample), "--frames-out",
+                                      str(tmp_path / "frames"), "--flow-out", str(tmp_path / "flow"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    warning = (f"warning: {sample}: 10 frames should give 9 flows, found 5 (kept as flows 0..4, flow i from frame "
+               "i to frame i+1)")
+    assert warning in result.output.splitlines()
+    assert "import-frames: 1 done, 0 skipped (already finished), 0 failed, 0 with warnings; 10 frames" in result.output
+    assert "import-flow: 1 done, 0 skipped (already finished), 0 failed, 1 with warnings; 5 flows" in result.output
+    assert FlowStore(tmp_path / "flow").num_flows("rawframes_mmaction2") == 5
+
+
+def test_export_reports_the_bytes_it_wrote(stores, tmp_path: Path) -> None:
+    """Issue 28.6: the summary's MB are the bytes of the files written (it said 0.0 MB for 3.0 MB)."""
+    frames_root, flow_root, _ = stores
+    result = CliRunner().invoke(cli, ["export-rawframes", "--frames", str(frames_root), "--flow", str(flow_root),
+                                      "--out", str(tmp_path / "raw"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    on_disk = sum(p.stat().st_size for p in (tmp_path / "raw").rglob("*.jpg"))
+    assert on_disk > 100_000 and f", {on_disk / 1e6:.1f} MB written" in result.output

@@ -15,6 +15,7 @@ from actrec.cli import cli
 from actrec.data_manifests.manifest import ManifestRow
 from actrec.pipeline.decode import ResizeSpec
 from actrec.pipeline.frames import ExtractOptions, extract_frames
+from actrec.pipeline import stage as stage_mod
 from actrec.pipeline.stage import REPORT_HEADER, Outcome, Progress, WorkItem, run_stage
 
 LIGHT_CLI = ["--nscales", "2", "--warps", "2", "--inner-iterations", "10", "--outer-iterations", "2"]
@@ -62,7 +63,7 @@ class _Sink:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def prepare(self, shards):
+    def prepare(self, shards, log):
         return {s: set() for s in shards}
 
     def seal(self, shard: int) -> None:
@@ -121,3 +122,142 @@ def test_a_report_of_the_earlier_layout_gets_a_run_column(tmp_path: Path, videos
                    log=lambda _: None)
     lines = report_lines(out)
     assert lines[0] == ["-", "failed", "old", "old.mp4", "gone"] and lines[1][1:3] == ["failed", "missing"]
+
+
+def bar_counts(output: str, name: str) -> list[int]:
+    """The counts a stage's bar showed, in order (``12/28`` -> 12)."""
+    return [int(m.group(1)) for s in segments(output) if s.startswith(f"{name}:")
+            for m in [re.search(r"\| *(\d+)/\d+ ", s)] if m]
+
+
+def test_compute_flow_bar_moves_after_the_first_pair_on_the_cpu(frames_root: Path, tmp_path: Path) -> None:
+    """Issue 28.4: the CPU's default batch (here 226 pairs of 64x48) is reached by doubling from one pair per
+    worker, so the bar shows a count, a rate and an ETA after one pair, not after the whole first batch."""
+    result = CliRunner().invoke(cli, ["compute-flow", "--frames", str(frames_root), "--out", str(tmp_path / "flow"),
+                                      *LIGHT_CLI])
+    assert result.exit_code == 0, result.output
+    counts = bar_counts(result.output, "compute-flow")
+    assert counts[:6] == [0, 1, 3, 7, 15, 28], counts  # batches of 1, 2, 4, 8, then the 13 pairs left
+    assert sum("100%" in s for s in segments(result.output)) == 1
+
+
+def test_each_batch_moves_the_bar_before_the_next_is_solved(frames_root: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first progress update comes after one pair, not after every batch the first video fills."""
+    from actrec.pipeline import flow as flow_mod
+    from actrec.pipeline.flow import FlowOptions, compute_flow
+    from actrec.pipeline.tvl1 import TVL1Params
+
+    timeline: list[tuple[str, int]] = []
+    solver = flow_mod.opencv_tvl1_flow
+
+    def recorded(img0, img1, params, workers=1):
+        timeline.append(("solve", len(img0)))
+        return solver(img0, img1, params, workers=workers)
+
+    advance = stage_mod._StageBar.advance
+    monkeypatch.setattr(flow_mod, "opencv_tvl1_flow", recorded)
+    monkeypatch.setattr(stage_mod._StageBar, "advance",
+                        lambda bar, video_id, units: timeline.append(("bar", units)) or advance(bar, video_id, units))
+    options = FlowOptions(params=TVL1Params(nscales=2, warps=1, inner_iterations=5, outer_iterations=1),
+                          backend="opencv")
+    assert compute_flow(frames_root, tmp_path / "flow", options, progress=False).done == 1
+    assert timeline == [(kind, n) for n in (1, 2, 4, 8, 13) for kind in ("solve", "bar")]
+
+
+def test_flow_limits_ramp_from_one_pair_per_worker_on_the_cpu_only() -> None:
+    from actrec.pipeline.flow import FlowOptions, flow_limits
+
+    assert flow_limits(FlowOptions(backend="opencv"), workers=3).first_batch == 3
+    assert flow_limits(FlowOptions(backend="torch"), workers=3).first_batch == 1  # solves in this process
+    assert flow_limits(FlowOptions(backend="opencv", batch_pixels=10_000), workers=3).first_batch == 0  # as given
+
+
+def test_a_rerun_of_a_finished_stage_draws_no_bar(frames_root: Path, tmp_path: Path) -> None:
+    args = ["compute-flow", "--frames", str(frames_root), "--out", str(tmp_path / "flow"), *LIGHT_CLI]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    rerun = CliRunner().invoke(cli, args)
+    assert rerun.exit_code == 0, rerun.output
+    assert segments(rerun.output) == [rerun.output.strip()]  # the summary line alone
+    assert rerun.output.startswith("compute-flow: 0 done, 1 skipped (already finished)")
+
+
+@pytest.fixture(scope="module")
+def two_videos(tmp_path_factory: pytest.TempPathFactory, videos_dir: Path) -> Path:
+    out = tmp_path_factory.mktemp("two_videos")
+    rows = [ManifestRow("ava", "ava_demo_6fps.mp4", 0, "c", "train"),
+            ManifestRow("tai_chi", "kinetics_tai_chi.mp4", 0, "c", "train")]
+    extract_frames(rows, videos_dir, out, ExtractOptions(resize=ResizeSpec(32, 24), fps=1.0), progress=False)
+    return out
+
+
+def test_ctrl_c_counts_the_video_its_writer_was_finishing(two_videos: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 28.6: Ctrl-C while the first video is being written (its outcome not reported yet) used to report
+    "0 done ... 0 flows" although the store then held the video and the rerun skipped it."""
+    from actrec.pipeline import flow as flow_mod, flow_batch
+    from actrec.pipeline.flow import FlowOptions, compute_flow
+    from actrec.pipeline.frames import FrameStore
+    from actrec.pipeline.tvl1 import TVL1Params
+
+    first = FrameStore(two_videos).num_frames("ava") - 1  # pairs of the first video in job order
+    write = flow_batch.write_video
+
+    def slow_write(*args):
+        time.sleep(1.0)  # still writing when the interrupt comes
+        return write(*args)
+
+    solved = []
+    solver = flow_mod.opencv_tvl1_flow
+
+    def interrupted_after_the_first_video(img0, img1, params, workers=1):
+        if len(solved) == first:
+            raise KeyboardInterrupt  # Ctrl-C during the second video's first pair
+        solved.append(len(img0))
+        return solver(img0, img1, params, workers=workers)
+
+    monkeypatch.setattr(flow_batch, "write_video", slow_write)
+    monkeypatch.setattr(flow_mod, "opencv_tvl1_flow", interrupted_after_the_first_video)
+    options = FlowOptions(params=TVL1Params(nscales=1, warps=1, inner_iterations=2, outer_iterations=1),
+                          backend="opencv", batch_pixels=32 * 24)  # one pair per batch
+    summary = compute_flow(two_videos, tmp_path / "flow", options, progress=False)
+    assert summary.interrupted and (summary.done, summary.frames) == (1, first)
+    assert summary.line().startswith(f"compute-flow: 1 done, 0 skipped (already finished), 0 failed, 0 with "
+                                     f"warnings; {first} flows")
+    monkeypatch.setattr(flow_mod, "opencv_tvl1_flow", solver)
+    rerun = compute_flow(two_videos, tmp_path / "flow", options, progress=False)
+    assert (rerun.skipped, rerun.done, rerun.interrupted) == (1, 1, False)
+
+
+def test_ctrl_c_outside_the_executor_still_collects_what_it_finishes(tmp_path: Path) -> None:
+    """Ctrl-C while the stage handles an event (here: sealing a shard) is thrown into the executor, which reports
+    the videos it had handed on before it stops."""
+    items = [WorkItem("v0", "v0", 0), WorkItem("v1", "v1", 1), WorkItem("v2", "v2", 2)]
+
+    class InterruptedSeal(_Sink):
+        sealed: list[int] = []
+
+        def seal(self, shard: int) -> None:
+            self.sealed.append(shard)
+            if len(self.sealed) == 1:
+                raise KeyboardInterrupt
+
+    def execute(todo):
+        try:
+            yield Outcome("v0", "v0", "done", frames=4, nbytes=10)
+            yield Outcome("v2", "v2", "done", frames=4, nbytes=10)  # never reached
+        except KeyboardInterrupt:
+            yield Outcome("v1", "v1", "done", frames=3, nbytes=7)  # its writer was finishing it
+            raise
+
+    summary = run_stage("compute-flow", InterruptedSeal(tmp_path), items, execute, unit="flows", progress=False)
+    assert summary.interrupted and (summary.done, summary.frames, summary.nbytes) == (2, 7, 17)
+    assert InterruptedSeal.sealed == [0, 1]  # the collected video's shard is sealed too
+
+
+def test_a_count_of_one_is_singular_in_the_summary(tmp_path: Path) -> None:
+    items = [WorkItem("v0", "v0", 0), WorkItem("v1", "v1", 0)]
+    summary = run_stage("compute-flow", _Sink(tmp_path), items,
+                        lambda todo: iter([Outcome("v0", "v0", "done", frames=1), Outcome("v1", "v1", "done")]),
+                        unit="flows", progress=False)
+    assert "; 1 flow (" in summary.line() and "flows/s" in summary.line()

@@ -90,10 +90,10 @@ def test_reader_threads_sharing_one_store_never_lose_a_file(big_store: Path,
     import random
     from concurrent.futures import ThreadPoolExecutor
 
-    import actrec.pipeline.store as store_module
+    import actrec.pipeline.store_reader as reader_module
     from actrec.pipeline.frames import FrameStore
 
-    monkeypatch.setattr(store_module, "MAX_OPEN_SHARDS", 1)
+    monkeypatch.setattr(reader_module, "MAX_OPEN_SHARDS", 1)
     store = FrameStore(big_store)
     ids = store.video_ids
 

@@ -1,9 +1,12 @@
 """Augmentation and test-time views, applied identically to the RGB frames and the flow stacks of one sample.
 
 Tensors are channels-first with any leading dimensions: RGB ``[..., 3, H, W]``, flow ``[..., 2, H, W]`` (channel
-0 = x, 1 = y, as stored). Random parameters are drawn from a ``numpy.random.Generator`` (one per sample, seeded by
-the data order, so a resumed or distributed run sees the same augmentation); the geometry is applied with torch,
-so the same functions run in DataLoader workers and on the GPU at test time.
+0 = x, 1 = y, as stored). A training clip's random parameters are drawn once, as a ``ClipDraw``, from a
+``numpy.random.Generator`` (one per clip, seeded by the data order, so a resumed or distributed run sees the same
+augmentation); the geometry is applied with torch. Training applies the draws to whole batches on the training
+device (``actrec.training.batch_augment``); ``tsn_augment`` and ``variation_augment`` here apply them to one clip,
+as the loader did before, and are the reference the batched functions are tested against. Test-time views
+(``eval_frames``, ``eval_view``) are cut here, one video at a time.
 
 Conventions:
 
@@ -34,6 +37,7 @@ from torch import Tensor
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+ERASED_RGB = tuple(255.0 * m for m in IMAGENET_MEAN)  # random erasing fills with the mean: 0 once normalised
 FLOW_CODE_CENTRE = 127.5  # zero flow on the uint8 scale: q = (f + bound) * 255 / (2 bound) at f = 0
 TEN_CROP_GRID = ((0, 0), (4, 0), (0, 4), (4, 4), (2, 2))  # 4 corners and the centre, in quarters of the margin
 # TSN's "more fixed crops": the five above plus the edge midpoints and the quarter points
@@ -109,6 +113,41 @@ def short_side_size(height: int, width: int, side: int) -> tuple[int, int]:
     return max(side, round(height * scale)), max(side, round(width * scale))
 
 
+@dataclass(frozen=True)
+class ClipDraw:
+    """One training clip's augmentation, drawn once from the clip's generator and shared by its RGB and flow.
+
+    ``region`` is cut out of the stored frames by the loader, as uint8 (STILT's multi-scale crop; None: the whole
+    frame, for CoT-LSTM, whose crop comes after the resize and rotation); the rest is applied to the batch.
+    """
+
+    region: Box | None = None
+    flip: bool = False
+    angle: float = 0.0  # CoT-LSTM: rotation in degrees
+    erase: Box | None = None  # CoT-LSTM: erased rectangle of the resized square, or none
+    crop: Box | None = None  # CoT-LSTM: the crop of the resized, rotated square
+
+
+def draw_tsn(height: int, width: int, params: AugmentParams, rng: np.random.Generator) -> ClipDraw:
+    """STILT's draws for frames of ``height`` x ``width``: one multi-scale crop and one coin-flip per clip."""
+    region = multiscale_crop_box(height, width, params.scales, params.max_distort, rng, params.crop)
+    flip = bool(rng.random() < 0.5) and params.flip  # drawn either way: the draws do not depend on ``flip``
+    return ClipDraw(region=region, flip=flip)
+
+
+def draw_variation(height: int, width: int, params: AugmentParams, rng: np.random.Generator) -> ClipDraw:
+    """CoT-LSTM's draws (section III.C), in the order they are applied: rotation angle, erased rectangle (with
+    probability ``erase_prob``), crop of the ``resize`` square, flip. Frames of any size are resized to the square
+    first, so ``height`` and ``width`` do not matter."""
+    square = (params.resize, params.resize)
+    angle = float(rng.uniform(-params.rotation, params.rotation))
+    erased = erase_box(*square, params.erase_area, params.erase_aspect, rng) if rng.random() < params.erase_prob \
+        else None
+    box = random_crop_box(*square, params.crop, rng)
+    flip = bool(rng.random() < 0.5) and params.flip
+    return ClipDraw(flip=flip, angle=angle, erase=erased, crop=box)
+
+
 # --- geometry (torch, any device) ---
 
 def crop(images: Tensor, box: Box) -> Tensor:
@@ -144,15 +183,22 @@ def rotation_matrix(angle: float) -> Tensor:
     return torch.tensor([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]], dtype=torch.float32)
 
 
+def rotation_theta(angle: float, height: int, width: int) -> Tensor:
+    """``F.affine_grid``'s 2x3 matrix that turns a ``height`` x ``width`` picture by ``angle`` degrees about its
+    centre: the inverse rotation (output pixel -> source pixel) in grid_sample's [-1, 1] coordinates per axis."""
+    inverse = rotation_matrix(angle).T
+    half = torch.tensor([width / 2, height / 2])
+    theta = torch.zeros(2, 3)
+    theta[:, :2] = inverse * half[None, :] / half[:, None]
+    return theta
+
+
 def rotate(images: Tensor, angle: float) -> Tensor:
     """Rotate float Tensor[..., C, H, W] about the centre by ``angle`` degrees (zero fill outside)."""
     height, width = images.shape[-2:]
-    inverse = rotation_matrix(angle).T  # the inverse of a rotation: output pixel -> source pixel
-    half = torch.tensor([width / 2, height / 2])
-    theta = torch.zeros(1, 2, 3)
-    theta[0, :, :2] = inverse * half[None, :] / half[:, None]  # in grid_sample's [-1, 1] coordinates per axis
     flat = images.reshape(-1, *images.shape[-3:])  # (N, C, H, W)
-    grid = F.affine_grid(theta.expand(len(flat), 2, 3).to(images.device), list(flat.shape), align_corners=False)
+    theta = rotation_theta(angle, height, width)[None].expand(len(flat), 2, 3).to(images.device)
+    grid = F.affine_grid(theta, list(flat.shape), align_corners=False)
     out = F.grid_sample(flat, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out.reshape(images.shape)
 
@@ -176,30 +222,39 @@ def erase(images: Tensor, box: Box, value: Sequence[float]) -> Tensor:
 
 def flow_to_units(flow: Tensor, bound: float) -> Tensor:
     """Flow as float32 in units of the bound: uint8 codes (q - 127.5) / 127.5, float pixels f / bound."""
+    units = flow.to(torch.float32, memory_format=torch.contiguous_format, copy=True)  # one float copy, then in place
     if flow.dtype == torch.uint8:
-        return (flow.float() - FLOW_CODE_CENTRE) / FLOW_CODE_CENTRE
-    return flow.float() / bound
+        return units.sub_(FLOW_CODE_CENTRE).div_(FLOW_CODE_CENTRE)
+    return units.div_(bound)
 
 
 def normalize_rgb(rgb: Tensor) -> Tensor:
     """RGB Tensor[..., 3, H, W] in 0..255 -> float32 normalised by the ImageNet mean and std."""
-    mean = torch.tensor(IMAGENET_MEAN, device=rgb.device)[:, None, None]
-    std = torch.tensor(IMAGENET_STD, device=rgb.device)[:, None, None]
+    mean = to_device(torch.tensor(IMAGENET_MEAN)[:, None, None], rgb.device)
+    std = to_device(torch.tensor(IMAGENET_STD)[:, None, None], rgb.device)
     return (rgb.float() / 255.0 - mean) / std
+
+
+def to_device(values: Tensor, device: torch.device) -> Tensor:
+    """A small CPU tensor (a few parameters) on ``device`` without waiting for the device's queued work: a blocking
+    copy to a GPU (``torch.tensor(..., device=...)``) would wait for every kernel before it, and the host could not
+    run ahead of the GPU."""
+    return values.to(device, non_blocking=True)
 
 
 # --- pipelines ---
 
 def tsn_augment(rgb: Tensor, flow: Tensor, bound: float, params: AugmentParams,
                 rng: np.random.Generator) -> tuple[Tensor, Tensor]:
-    """STILT training: one multi-scale crop and one coin-flip for the whole sample, resized to ``params.crop``.
+    """STILT training, one clip (the reference of ``batch_augment.tsn_batch``): ``draw_tsn``'s crop and flip,
+    resized to ``params.crop``.
 
     uint8 rgb Tensor[..., 3, H, W] and flow Tensor[..., 2, H, W] (uint8 codes or float16 pixels) ->
     normalised RGB and flow in units of the bound, both float32 [..., crop, crop].
     """
-    box = multiscale_crop_box(*rgb.shape[-2:], params.scales, params.max_distort, rng, params.crop)
-    rgb, flow = crop(rgb, box), crop(flow, box)
-    if rng.random() < 0.5 and params.flip:  # drawn either way: the other draws do not depend on ``flip``
+    draw = draw_tsn(*rgb.shape[-2:], params, rng)
+    rgb, flow = crop(rgb, draw.region), crop(flow, draw.region)
+    if draw.flip:
         rgb, flow = flip_rgb(rgb), flip_flow(flow)  # on the uint8 codes: 255 - x
     size = (params.crop, params.crop)
     return normalize_rgb(resize(rgb.float(), size)), resize(flow_to_units(flow, bound), size)
@@ -207,19 +262,18 @@ def tsn_augment(rgb: Tensor, flow: Tensor, bound: float, params: AugmentParams,
 
 def variation_augment(rgb: Tensor, flow: Tensor, bound: float, params: AugmentParams,
                       rng: np.random.Generator) -> tuple[Tensor, Tensor]:
-    """CoT-LSTM's data-variation strategy (section III.C): resize to ``resize`` x ``resize``, random rotation,
-    random erasing, random ``crop`` x ``crop`` crop, horizontal flip; same parameters for RGB and flow."""
+    """CoT-LSTM's data-variation strategy (section III.C), one clip (the reference of
+    ``batch_augment.variation_batch``): resize to ``resize`` x ``resize``, random rotation, random erasing, random
+    ``crop`` x ``crop`` crop, horizontal flip; same parameters for RGB and flow (``draw_variation``)."""
+    draw = draw_variation(*rgb.shape[-2:], params, rng)
     square = (params.resize, params.resize)
     rgb, flow = resize(rgb.float(), square), resize(flow_to_units(flow, bound), square)
-    angle = float(rng.uniform(-params.rotation, params.rotation))
-    rgb, flow = rotate(rgb, angle), rotate_flow(flow, angle)
-    box = erase_box(*square, params.erase_area, params.erase_aspect, rng) if rng.random() < params.erase_prob else None
-    if box is not None:
-        rgb = erase(rgb, box, [255.0 * m for m in IMAGENET_MEAN])  # normalises to 0
-        flow = erase(flow, box, [0.0, 0.0])  # zero motion
-    box = random_crop_box(*square, params.crop, rng)
-    rgb, flow = crop(rgb, box), crop(flow, box)
-    if rng.random() < 0.5 and params.flip:
+    rgb, flow = rotate(rgb, draw.angle), rotate_flow(flow, draw.angle)
+    if draw.erase is not None:
+        rgb = erase(rgb, draw.erase, ERASED_RGB)  # normalises to 0
+        flow = erase(flow, draw.erase, [0.0, 0.0])  # zero motion
+    rgb, flow = crop(rgb, draw.crop), crop(flow, draw.crop)
+    if draw.flip:
         rgb, flow = flip_rgb(rgb), flip_flow(flow)
     return normalize_rgb(rgb), flow
 

@@ -4,27 +4,37 @@ A run's configuration is built in three layers, each overriding the one before: 
 for the model, or the from-scratch recipe for reduced models), an optional JSON file (``--config``; any subset of the
 fields), and command-line options. The
 result is validated and saved as ``config.json`` in the run folder and inside every checkpoint, so ``--resume`` and
-``evaluate`` rebuild exactly the same model and data pipeline.
+``evaluate`` rebuild exactly the same model and data pipeline. Data paths are saved absolute and resolved
+(``absolute_paths``), so a run folder works from any directory; runs saved before hold them as typed, and
+``run_config`` looks those up from the current directory, as they always were.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
-from actrec.errors import InputError
+from actrec.errors import InputError, OutputError
+from actrec.pipeline.diskspace import is_disk_full
 
 MODELS = ("stilt", "cotlstm")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine")
+AUGMENT_PLACES = ("auto", "cpu", "gpu")  # where the batch augmentation runs; auto: on the GPU when training on one
+BAD_SAMPLE_POLICIES = ("skip", "fail")
 # The from-scratch recipe (``--reduced`` runs and the demo): the papers' SGD at lr 1e-3 is made for ImageNet-initialised
 # backbones and hardly moves random weights in a short budget; AdamW with warmup and cosine decay does.
 FROM_SCRATCH = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "schedule": "cosine", "warmup_iters": 20}
 # Fields that may change when a run is resumed: they do not change what is computed, only how or how long.
-RESUMABLE_FIELDS = ("iterations", "workers", "cache_mb", "checkpoint_every", "log_every")
+RESUMABLE_FIELDS = ("iterations", "workers", "cache_mb", "checkpoint_every", "log_every", "augment_on",
+                    "on_bad_sample", "bad_sample_budget")
+CONFIG_FILE = "config.json"  # in the run folder, beside the checkpoints
+# The data paths of a run, with what each names; saved absolute and resolved, so a run folder works from anywhere.
+PATH_FIELDS = {"manifest": "manifest", "frames": "frame store", "flow": "flow store"}
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,9 @@ class TrainConfig:
     # runtime (may change on --resume)
     workers: int = 4  # DataLoader worker processes per training process
     cache_mb: int = 0  # decoded videos kept in memory per loader process (small datasets, many epochs); 0: off
+    augment_on: str = "auto"  # batch augmentation: "gpu" (the training GPU), "cpu" (the loader processes), "auto"
+    on_bad_sample: str = "skip"  # a clip that cannot be read: "skip" it (listed, counted, within the budget) or "fail"
+    bad_sample_budget: float = 0.001  # skipping more than this fraction of the clips seen (and over 10) is fatal
     checkpoint_every: int = 1000  # iterations between checkpoints (one also on SIGTERM/SIGINT and at the end)
     log_every: int = 10  # iterations between metrics.csv rows and progress updates
 
@@ -99,11 +112,46 @@ def config_to_dict(config: TrainConfig) -> dict[str, Any]:
 
 
 def save_config(path: str | Path, config: TrainConfig) -> None:
-    """Write ``config.json`` (atomically)."""
+    """Write ``config.json`` atomically; OutputError naming it when it cannot be written (no ``.tmp`` stays)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(config_to_dict(config), indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(config_to_dict(config), indent=2) + "\n", encoding="utf-8")
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        reason = "disk full" if is_disk_full(exc) else exc.strerror or str(exc)
+        raise OutputError(f"{path}: cannot be written ({reason}; {shutil.disk_usage(path.parent).free / 1e6:.1f} MB "
+                          f"left in {path.parent})") from None
+
+
+def absolute_paths(config: TrainConfig) -> TrainConfig:
+    """``config`` with its data paths and a ``pretrained`` file absolute and resolved (relative ones against the
+    current directory), so that its run folder works from any directory and paths compare by what they name."""
+    names = [name for name in PATH_FIELDS if getattr(config, name)]
+    if config.pretrained and config.pretrained != "imagenet":
+        names.append("pretrained")
+    return replace(config, **{name: str(Path(getattr(config, name)).expanduser().resolve()) for name in names})
+
+
+def run_config(values: Mapping[str, Any], checkpoint: str | Path,
+               needed: Iterable[str] = tuple(PATH_FIELDS)) -> TrainConfig:
+    """The config saved in a run's ``checkpoint`` with absolute data paths; InputError for a ``needed`` one that does
+    not exist, saying that it came from the run's config.
+
+    Runs saved before paths were stored absolute hold them as typed: they are taken from the current directory, as
+    they always were, and the error says so."""
+    config = apply_overrides(TrainConfig(), values, str(checkpoint))
+    run_dir = Path(checkpoint).parent
+    source = run_dir / CONFIG_FILE if (run_dir / CONFIG_FILE).is_file() else Path(checkpoint)
+    for name in needed:
+        path = Path(getattr(config, name))
+        if str(path) and not path.exists():
+            where = "" if path.is_absolute() else (f", relative to the directory the run was started in; looked up "
+                                                   f"in the current one, {Path.cwd()}: run from that directory")
+            raise InputError(f"{path}: {PATH_FIELDS[name]} not found (the path comes from the run's config, "
+                             f"{source}{where})")
+    return absolute_paths(config)
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -148,7 +196,7 @@ def resolve_config(model: str, config_file: str | Path | None = None, overrides:
     given = {key: value for key, value in (overrides or {}).items() if value is not None}
     config = recipe(model, dataset, reduced=given.get("reduced", from_file.get("reduced", False)) is True)
     config = apply_overrides(config, from_file, str(config_file))
-    config = apply_overrides(config, given, "command line")
+    config = absolute_paths(apply_overrides(config, given, "command line"))
     validate_config(config)
     return config
 
@@ -160,6 +208,9 @@ def validate_config(config: TrainConfig, world_size: int = 1) -> None:
          "frames, flow and manifest must be set (options --frames, --flow, --manifest or the config file)"),
         (config.model in MODELS, f"model must be one of {', '.join(MODELS)}"),
         (config.amp in AMP_MODES, f"amp must be one of {', '.join(AMP_MODES)}"),
+        (config.augment_on in AUGMENT_PLACES, f"augment_on must be one of {', '.join(AUGMENT_PLACES)}"),
+        (config.on_bad_sample in BAD_SAMPLE_POLICIES, f"on_bad_sample must be one of {', '.join(BAD_SAMPLE_POLICIES)}"),
+        (0 <= config.bad_sample_budget < 1, "bad_sample_budget must be in [0, 1)"),
         (config.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
         (config.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
         (config.model != "cotlstm" or config.segments == 1, "CoT-LSTM takes one RGB frame per clip: segments=1"),
@@ -182,6 +233,17 @@ def validate_config(config: TrainConfig, world_size: int = 1) -> None:
     for ok, message in checks:
         if not ok:
             raise InputError(f"training config: {message}")
+
+
+def config_warnings(config: TrainConfig) -> list[str]:
+    """One line for each legal but probably unintended setting."""
+    warnings = []
+    if config.iterations <= config.warmup_iters:
+        warnings.append(f"warning: --iterations {config.iterations} is not more than the {config.warmup_iters} warmup "
+                        f"iterations: the whole run warms up (lr {config.lr * config.iterations / config.warmup_iters:.2g}"
+                        f" of {config.lr:.2g} at the end) and the {config.schedule} schedule never starts; lower "
+                        "--warmup-iters or raise --iterations")
+    return warnings
 
 
 def check_resume(saved: TrainConfig, wanted: TrainConfig, source: str) -> TrainConfig:

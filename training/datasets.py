@@ -14,9 +14,11 @@ Sampling (TSN): the valid positions are split into n equal parts; training takes
 testing the centre of each part (``segment_starts``). STILT draws n = ``segments`` positions per training clip; CoT-LSTM
 one. At test time both take ``positions`` (25) uniformly spaced positions of every video.
 
-Layout: one item holds RGB ``[n, 3, H, W]`` and flow ``[n, L, 2, H, W]`` (x then y for each flow, in time order).
-STILT's 2L-channel stacks are that flow tensor flattened over (L, 2): channels x1, y1, x2, y2, ... interleaved, the
-TSN/mmaction2 order (``actrec.training.models``).
+Layout: a model sees RGB ``[n, 3, H, W]`` and flow ``[n, L, 2, H, W]`` per clip (x then y for each flow, in time
+order), as test items (``EvalVideos``) hold them. Training clips leave the loader channels last, as stored, and
+uint8 (``actrec.training.batch``), and reach that layout after the batch augmentation. STILT's 2L-channel stacks
+are that flow tensor flattened over (L, 2): channels x1, y1, x2, y2, ... interleaved, the TSN/mmaction2 order
+(``actrec.training.models``).
 """
 
 from __future__ import annotations
@@ -34,9 +36,11 @@ from actrec.data_manifests.manifest import ManifestRow
 from actrec.errors import InputError, StoreError
 from actrec.pipeline.flow import FlowStore
 from actrec.pipeline.frames import FrameStore
-from actrec.training.augment import AugmentParams
+from actrec.training.augment import AugmentParams, ClipDraw
+from actrec.training.batch import BadSample, LoadedClip
+from actrec.wording import agrees, counted
 
-Augment = Callable[[Tensor, Tensor, float, AugmentParams, np.random.Generator], tuple[Tensor, Tensor]]
+Draw = Callable[[int, int, AugmentParams, np.random.Generator], ClipDraw]  # (height, width, params, rng) -> draws
 
 
 def segment_starts(num_positions: int, segments: int, rng: np.random.Generator | None) -> np.ndarray:
@@ -111,8 +115,8 @@ class ClipSource:
         for store, root in ((self.frames, frames_root), (self.flow, flow_root)):
             missing = [r.video_id for r in self.rows if r.video_id not in store]
             if missing:
-                raise InputError(f"{root}: {len(missing)} of the {len(self.rows)} videos of the manifest split are "
-                                 f"not in this store, e.g. {missing[0]!r}")
+                raise InputError(f"{root}: {len(missing)} of the {counted(len(self.rows), 'video')} of the manifest "
+                                 f"split {agrees(len(missing), 'is', 'are')} not in this store, e.g. {missing[0]!r}")
 
     @property
     def bound(self) -> float:
@@ -139,6 +143,14 @@ class ClipSource:
     def read(self, index: int, starts: Sequence[int]) -> tuple[Tensor, Tensor]:
         """uint8 RGB Tensor[P, 3, H, W] (each stack's middle frame, ``rgb_index``) and flow Tensor[P, L, 2, H, W]
         (uint8 codes or float16 pixels, as stored) of the stacks starting at ``starts``."""
+        rgb, stacks = self.read_arrays(index, starts)
+        rgb_t = torch.from_numpy(rgb).permute(0, 3, 1, 2)  # (P, 3, H, W)
+        flow_t = torch.from_numpy(np.stack(stacks)).permute(0, 1, 4, 2, 3)  # (P, L, 2, H, W)
+        return rgb_t.contiguous(), flow_t.contiguous()
+
+    def read_arrays(self, index: int, starts: Sequence[int]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """As stored, channels last: RGB uint8 [P, H, W, 3] (each stack's middle frame) and the P flow stacks
+        [L, H, W, 2] (uint8 codes or float16 pixels) starting at ``starts``."""
         video_id = self.rows[index].video_id
         num_flows = self.num_flows(index)
         frame_indices = [rgb_index(int(s), self.flow_length, num_flows) for s in starts]
@@ -148,13 +160,11 @@ class ClipSource:
             stacks = self.read_stacks(video_id, [int(s) for s in starts], num_flows)  # each (L, H, W, 2)
         else:
             rgb = whole[0][frame_indices]
-            stacks = [whole[1][stack_indices(int(s), self.flow_length, num_flows)] for s in starts]
+            stacks = [stack_of(whole[1], int(s), self.flow_length) for s in starts]
         if rgb.shape[1:3] != stacks[0].shape[1:3]:
             raise StoreError(f"{self.flow.root}: flow of {video_id!r} is {stacks[0].shape[2]}x{stacks[0].shape[1]} "
                              f"but its frames are {rgb.shape[2]}x{rgb.shape[1]}; recompute the flow from these frames")
-        rgb_t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2)  # (P, 3, H, W)
-        flow_t = torch.from_numpy(np.stack(stacks)).permute(0, 1, 4, 2, 3)  # (P, L, 2, H, W)
-        return rgb_t.contiguous(), flow_t.contiguous()
+        return rgb, stacks
 
     def _whole_video(self, video_id: str, num_flows: int) -> tuple[np.ndarray, np.ndarray] | None:
         """All frames and flows of a video, as stored, from the cache (read whole on a miss); None when the cache
@@ -171,8 +181,15 @@ class ClipSource:
         for first, stop, members in read_spans(starts, self.flow_length, num_flows):
             data = self.flow.read_stack(video_id, first, stop - first)  # (stop - first, H, W, 2)
             for start in members:
-                stacks[start] = data[stack_indices(start - first, self.flow_length, stop - first)]
+                stacks[start] = stack_of(data, start - first, self.flow_length)
         return [stacks[start] for start in starts]
+
+
+def stack_of(flows: np.ndarray, start: int, length: int) -> np.ndarray:
+    """The stack at ``start`` of consecutive ``flows`` (clamped to the last): a view where no flow repeats."""
+    if start + length <= len(flows):
+        return flows[start:start + length]
+    return flows[stack_indices(start, length, len(flows))]
 
 
 def read_spans(starts: Sequence[int], length: int, num_flows: int) -> list[tuple[int, int, list[int]]]:
@@ -191,30 +208,42 @@ def read_spans(starts: Sequence[int], length: int, num_flows: int) -> list[tuple
 
 
 class TrainClips(Dataset):
-    """Training clips: item ``(video index, stream position)`` -> (RGB [n, 3, c, c], flow [n, L, 2, c, c], label).
+    """Training clips: item ``(video index, stream position)`` -> ``LoadedClip`` (uint8, cut to the draw's region:
+    RGB [n, h, w, 3], n flow stacks [L, h, w, 2], the draw, the label), or a ``BadSample`` if the clip cannot be read.
 
-    The stream position (see ``actrec.training.distributed.StreamBatchSampler``) seeds the clip's random numbers,
-    so a clip's positions and augmentation do not depend on workers, processes or restarts.
+    The stream position (see ``actrec.training.distributed.StreamBatchSampler``) seeds the clip's random numbers
+    (positions first, then the augmentation's draws), so a clip's positions and augmentation do not depend on
+    workers, processes or restarts. The draws are applied to whole batches later (``batch_augment``).
     """
 
-    def __init__(self, source: ClipSource, segments: int, augment: Augment, params: AugmentParams,
-                 seed: int) -> None:
+    def __init__(self, source: ClipSource, segments: int, draw: Draw, params: AugmentParams, seed: int) -> None:
         self.source = source
         self.segments = segments
-        self.augment = augment
+        self.draw = draw
         self.params = params
         self.seed = seed
 
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[Tensor, Tensor, int]:
+    def __getitem__(self, item: tuple[int, int]) -> LoadedClip | BadSample:
         index, position = item
+        try:
+            return self.clip(index, position)
+        except StoreError as exc:  # this clip only; the bad-sample policy decides in the main process
+            return BadSample(self.source.rows[index].video_id, position, str(exc))
+
+    def clip(self, index: int, position: int) -> LoadedClip:
+        """The clip, or StoreError."""
         rng = np.random.default_rng([self.seed, position])
         starts = segment_starts(self.source.num_positions(index), self.segments, rng)
-        rgb, flow = self.source.read(index, starts)
-        rgb, flow = self.augment(rgb, flow, self.source.bound, self.params, rng)
-        return rgb, flow, self.source.rows[index].label
+        rgb, stacks = self.source.read_arrays(index, starts)
+        draw = self.draw(*rgb.shape[1:3], self.params, rng)
+        if draw.region is not None:  # cut by slicing, uint8
+            rows = slice(draw.region.y, draw.region.y + draw.region.h)
+            columns = slice(draw.region.x, draw.region.x + draw.region.w)
+            rgb, stacks = rgb[:, rows, columns], [stack[:, rows, columns] for stack in stacks]
+        return LoadedClip(rgb, stacks, draw, self.source.rows[index].label)
 
 
 class EvalVideos(Dataset):

@@ -18,11 +18,17 @@ Outputs (``OUT`` is the score file's path without ``.npz``):
 - ``OUT.confusion.png``: the confusion matrix of the model's fused prediction over the ``confusion_top`` most
   frequent classes, every other class grouped as "other" (the STILT paper's Fig. 5), rows normalised;
 - the accuracies as TensorBoard scalars in the run folder's ``tensorboard/`` when it has one (``monitor.py``).
+
+A video that cannot be read (a damaged frame or flow, a shard that cannot be opened: StoreError) is not scored: it
+is listed in ``EvalResult.failures`` (one line naming the video, the entry and the shard) and the others are scored,
+as ``predict`` does. The outputs are checked before any work: the score file's folder must be writable, and the
+``--fusion`` file must be a valid fusion of this model's streams and classes.
 """
 
 from __future__ import annotations
 
 import csv
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -32,22 +38,23 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from actrec.data_manifests.manifest import read_manifest
-from actrec.errors import InputError
-from actrec.fusion.model import apply_fusion, load_fusion
+from actrec.errors import InputError, StoreError
+from actrec.fusion.model import EarlyFusion, Fusion, apply_fusion, load_fusion
 from actrec.fusion.report import AccuracyRow, accuracy_row, format_table
-from actrec.fusion.scores import ScoreSet, save_scores
+from actrec.fusion.scores import ScoreSet, check_class_names, save_scores
 from actrec.pipeline.flow import resolve_device
 from actrec.training.augment import AugmentParams, Box, eval_frames, eval_view, view_boxes
 from actrec.training.checkpoint import load_checkpoint
-from actrec.training.config import TrainConfig, apply_overrides
+from actrec.training.config import PATH_FIELDS, TrainConfig, run_config
 from actrec.training.datasets import ClipSource, EvalVideos
 from actrec.training.models import MODEL_SPECS, STREAMS, ModelSpec, build_model, stream_logits, to_channels_last
 from actrec.training.monitor import TENSORBOARD, log_evaluation
 from actrec.training.trainer import autocast, inference_dtype
+from actrec.wording import counted
 
 
 @dataclass(frozen=True)
@@ -76,19 +83,25 @@ class EvalResult:
     rows: list[AccuracyRow]
     table: str
     files: list[Path] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # one line per video that could not be read (not scored)
 
 
 def evaluate(checkpoint: str | Path, output: str | Path, options: EvalOptions = EvalOptions(), *,
              progress: bool = True, log: Callable[[str], None] = print) -> EvalResult:
-    """Score every video of ``options.split`` with the checkpoint's model; write the score file and report."""
+    """Score every video of ``options.split`` with the checkpoint's model; write the score file and report.
+
+    Videos that cannot be read are listed in the result's ``failures`` and left out of the scores; StoreError
+    when none could be read."""
     output = Path(output)
-    if output.suffix != ".npz":
-        raise InputError(f"{output}: the score file must end in .npz")
+    check_output(output)
+    fusion = load_fusion(options.fusion) if options.fusion else None
     saved = load_checkpoint(checkpoint)
-    config = apply_overrides(TrainConfig(), saved["config"], str(checkpoint))
+    config = run_config(saved["config"], checkpoint, [name for name in PATH_FIELDS if not getattr(options, name)])
     classes = list(saved["class_names"])
     device = torch.device(resolve_device(options.gpu))
     model = _load_model(config, saved, len(classes), device, str(checkpoint))
+    if fusion is not None:
+        check_fusion(fusion, str(options.fusion), classes, model, options.features)
     rows = [r for r in read_manifest(options.manifest or config.manifest) if r.split == options.split]
     if not rows:
         raise InputError(f"{options.manifest or config.manifest}: no video in split {options.split!r}")
@@ -98,17 +111,83 @@ def evaluate(checkpoint: str | Path, output: str | Path, options: EvalOptions = 
                          f"{len(classes)} classes")
     source = ClipSource(options.frames or config.frames, options.flow or config.flow, rows, config.flow_length)
     scorer = _Scorer(model, MODEL_SPECS[config.model], config, options, device)
-    loader = DataLoader(EvalVideos(source, options.positions), batch_size=None, num_workers=options.workers)
-    for rgb, flow, _ in tqdm(loader, desc=f"evaluate {options.split}", unit="video", disable=not progress):
+    loader = DataLoader(_ReadableVideos(EvalVideos(source, options.positions)), batch_size=None,
+                        num_workers=options.workers)
+    scored, failures = [], []
+    for rgb, flow, index, failure in tqdm(loader, desc=f"evaluate {options.split}", unit="video",
+                                          disable=not progress):
+        if failure:
+            failures.append(failure)
+            continue
         scorer.add_video(rgb, flow, source.bound)
-    scores = scorer.score_set([r.video_id for r in rows], np.array([r.label for r in rows]), classes)
+        scored.append(rows[index])
+    if not scored:
+        raise StoreError(f"evaluate: none of the {len(rows)} videos of split {options.split!r} could be read "
+                         f"(first: {failures[0]})")
+    scores = scorer.score_set([r.video_id for r in scored], np.array([r.label for r in scored]), classes)
     save_scores(output, scores)
-    result = _report(scores, options, output)
+    result = _report(scores, options, output, fusion)
     result.files.insert(0, output)
+    result.failures = failures
     run_dir = Path(checkpoint).parent
     if log_evaluation(run_dir, int(saved["iteration"]), options.split, result.rows):
         log(f"evaluate: accuracies added to {run_dir / TENSORBOARD} at iteration {saved['iteration']}")
     return result
+
+
+def check_output(output: Path) -> None:
+    """Before any work: the score file ends in .npz and its folder exists (or can be made) and is writable."""
+    if output.suffix != ".npz":
+        raise InputError(f"{output}: the score file must end in .npz")
+    folder = output.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise InputError(f"{folder}: cannot write the score file here ({exc.strerror or exc}); choose another -o") \
+            from None
+
+
+def check_fusion(fusion: Fusion, source: str, classes: list[str], model: nn.Module, features: bool) -> None:
+    """Before any work: the fusion was fitted on this model's streams and classes (and, for early fusion, on
+    features of this model's sizes, which evaluate then has to store)."""
+    if fusion.stream_names != list(STREAMS):
+        raise InputError(f"{source}: fusion of streams {fusion.stream_names}, but the model's are {list(STREAMS)}")
+    if len(fusion.class_names) != len(classes):
+        raise InputError(f"{source}: fusion of {len(fusion.class_names)} classes, but the model has {len(classes)}")
+    check_class_names(classes, fusion.class_names, source)
+    if isinstance(fusion, EarlyFusion):
+        if not features:
+            raise InputError(f"{source}: early fusion needs the streams' features: add --features")
+        dims = [_input_features(head) for head in (model.spatial_head, model.temporal_head)]
+        if None not in dims and dims != fusion.feature_dims:
+            raise InputError(f"{source}: early fusion of features of sizes {fusion.feature_dims}, but this model's "
+                             f"are {dims}")
+
+
+def _input_features(head: nn.Module) -> int | None:
+    """The feature size a stream head takes (its first linear layer's input), None when it has no linear layer."""
+    first = next((m for m in head.modules() if isinstance(m, nn.Linear)), None)
+    return None if first is None else first.in_features
+
+
+class _ReadableVideos(Dataset):
+    """``EvalVideos`` whose items carry a failure line instead of raising when a video cannot be read, so that one
+    damaged video costs only itself, in DataLoader workers too: (rgb, flow, index, "") or (None, None, index, line)."""
+
+    def __init__(self, videos: EvalVideos) -> None:
+        self.videos = videos
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, index: int) -> tuple[Tensor | None, Tensor | None, int, str]:
+        try:
+            rgb, flow, _ = self.videos[index]
+        except StoreError as exc:
+            return None, None, index, str(exc)
+        return rgb, flow, index, ""
 
 
 def _load_model(config: TrainConfig, saved: dict, num_classes: int, device: torch.device, source: str) -> nn.Module:
@@ -176,15 +255,15 @@ class _Scorer:
                         features=features)
 
 
-def _report(scores: ScoreSet, options: EvalOptions, output: Path) -> EvalResult:
+def _report(scores: ScoreSet, options: EvalOptions, output: Path, fusion: Fusion | None) -> EvalResult:
     """Accuracy rows and table; the per-class CSV and confusion PNG when some video is labelled."""
     predictions = {name: scores.scores[n] for n, name in enumerate(scores.stream_names)}
     predictions["model fused"] = scores.model_fused
-    if options.fusion:
-        fusion = load_fusion(options.fusion)
-        predictions[f"fusion ({fusion.method})"] = apply_fusion(fusion, scores, options.fusion)
+    if fusion is not None:
+        predictions[f"fusion ({fusion.method})"] = apply_fusion(fusion, scores, str(options.fusion))
     labelled = scores.labels >= 0
-    title = f"{options.split}: {len(scores.video_ids)} videos, {scores.num_classes} classes, accuracy in %"
+    classes = counted(scores.num_classes, "class", "classes")
+    title = f"{options.split}: {counted(len(scores.video_ids), 'video')}, {classes}, accuracy in %"
     if not labelled.any():
         return EvalResult(scores, [], f"{title}\nno labelled video: accuracy not measured")
     rows = [accuracy_row(name, matrix, scores.labels) for name, matrix in predictions.items()]

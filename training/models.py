@@ -17,9 +17,11 @@ from actrec.errors import InputError
 from actrec.models.cotlstm import CoTLSTM, cotlstm_loss, cotlstm_reduced
 from actrec.models.pretrained import load_pretrained
 from actrec.models.stilt import STILT, stilt_loss, stilt_reduced
-from actrec.training.augment import tsn_augment, variation_augment
+from actrec.training.augment import draw_tsn, draw_variation
+from actrec.training.batch import BatchAugment
+from actrec.training.batch_augment import tsn_batch, variation_batch
 from actrec.training.config import TrainConfig
-from actrec.training.datasets import Augment
+from actrec.training.datasets import Draw
 
 STREAMS = ("rgb", "flow")  # score-file stream names: spatial, temporal
 
@@ -31,7 +33,8 @@ class ModelSpec:
     build: Callable[[int, TrainConfig], nn.Module]  # (num_classes, config) -> model, paper-sized
     build_reduced: Callable[[int, TrainConfig], nn.Module]  # CPU-sized variant (config.width)
     loss: Callable[[Any, Tensor], Tensor]  # (model output, labels) -> scalar
-    augment: Augment  # training augmentation of one clip
+    draw: Draw  # a training clip's augmentation draws (in the loader)
+    augment: BatchAugment  # the draws applied to a batch (on the training device)
     inputs: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]  # dataset layout -> forward arguments
     fused: Callable[[Any], Tensor]  # model output -> the model's own fused class probabilities
     square_test_frames: bool  # test frames resized to a square (as in training) instead of by the short side
@@ -59,7 +62,8 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         build_reduced=lambda classes, c: stilt_reduced(classes, flow_length=c.flow_length, width=c.width,
                                                        co_attention=c.co_attention),
         loss=stilt_loss,
-        augment=tsn_augment,
+        draw=draw_tsn,
+        augment=tsn_batch,
         inputs=_stilt_inputs,
         fused=_stilt_fused,
         square_test_frames=False,
@@ -69,7 +73,8 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         build=lambda classes, c: CoTLSTM(classes),
         build_reduced=lambda classes, c: cotlstm_reduced(classes, width=c.width),
         loss=cotlstm_loss,
-        augment=variation_augment,
+        draw=draw_variation,
+        augment=variation_batch,
         inputs=_cotlstm_inputs,
         fused=lambda output: output.logits.float().softmax(1),  # FC-2
         square_test_frames=True,

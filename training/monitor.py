@@ -12,17 +12,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import re
+import threading
 import time
 from dataclasses import astuple, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from actrec.errors import OutputError
 from actrec.fusion.report import AccuracyRow
 
 METRICS = "metrics.csv"
@@ -40,10 +43,11 @@ class MetricsRow:
     clips_per_s: float
     data_wait: float
     elapsed_s: float
+    bad_samples: int = 0  # unreadable training clips skipped so far (train --on-bad-sample skip)
 
     def cells(self) -> list[str]:
         return [str(self.iteration), f"{self.loss:.6g}", f"{self.lr:.6g}", f"{self.clips_per_s:.2f}",
-                f"{self.data_wait:.3f}", f"{self.elapsed_s:.1f}"]
+                f"{self.data_wait:.3f}", f"{self.elapsed_s:.1f}", str(self.bad_samples)]
 
 
 METRIC_COLUMNS = tuple(MetricsRow.__dataclass_fields__)
@@ -87,27 +91,66 @@ class RunMonitor:
 
     def __init__(self, run_dir: Path, start_iteration: int) -> None:
         self.run_dir = run_dir
-        truncate_metrics(run_dir / METRICS, start_iteration)
+        kept = truncate_metrics(run_dir / METRICS, start_iteration)
+        self.last_row: MetricsRow | None = kept[-1] if kept else None  # where a resumed run's figures continue from
         self.writer = summary_writer(run_dir / TENSORBOARD, purge_step=start_iteration + 1 if start_iteration
                                      else None)
+        self._excepthook = threading.excepthook
+        threading.excepthook = self._events_error_later
+
+    def _events_error_later(self, args: Any) -> None:
+        """Leave out the traceback that Python prints when TensorBoard's writer thread fails (full disk, folder
+        gone): the thread keeps the error and the next ``log`` or ``close`` raises it, as one line."""
+        if type(args.thread).__name__ != "_AsyncWriterThread":
+            self._excepthook(args)
 
     def log(self, row: MetricsRow) -> None:
+        """Append ``row`` to metrics.csv and the events; OutputError (one line) when the run folder cannot take it."""
         path = self.run_dir / METRICS
         new = not path.exists()
-        with path.open("a", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            if new:
-                writer.writerow(METRIC_COLUMNS)
-            writer.writerow(row.cells())
-        if self.writer is not None:
-            for name in SCALARS:
-                self.writer.add_scalar(f"train/{name}", getattr(row, name), row.iteration)
+        try:
+            with path.open("a", newline="", encoding="utf-8") as f:
+                writer = csv.writer(f)
+                if new:
+                    writer.writerow(METRIC_COLUMNS)
+                writer.writerow(row.cells())
+            if self.writer is not None:
+                for name in SCALARS:
+                    self.writer.add_scalar(f"train/{name}", getattr(row, name), row.iteration)
+        except OSError as exc:
+            raise OutputError(f"{exc.filename or path}: cannot write the metrics of iteration {row.iteration} "
+                              f"({exc.strerror or exc})") from None
 
     def close(self) -> None:
         """Flush the events and draw ``loss.png`` from every row of metrics.csv."""
+        threading.excepthook = self._excepthook
+        try:
+            if self.writer is not None:
+                self.writer.close()
+            plot_loss(self.run_dir / METRICS, self.run_dir / LOSS_PLOT)
+        except OSError as exc:
+            raise OutputError(f"{exc.filename or self.run_dir}: cannot write the events or loss plot "
+                              f"({exc.strerror or exc}); the checkpoint is saved") from None
+
+    def abandon(self) -> None:
+        """Flush the events of a run that stops on an error, ignoring a failure to (the error already reported
+        matters more; the run folder may be full or gone)."""
+        threading.excepthook = self._excepthook
         if self.writer is not None:
-            self.writer.close()
-        plot_loss(self.run_dir / METRICS, self.run_dir / LOSS_PLOT)
+            with contextlib.suppress(Exception):
+                self.writer.close()
+
+
+@contextlib.contextmanager
+def closed_on_error(bar: Any, monitor: RunMonitor | None) -> Iterator[None]:
+    """Close the progress bar and abandon ``monitor`` when the block raises, then let the error go on."""
+    try:
+        yield
+    except BaseException:
+        bar.close()
+        if monitor is not None:
+            monitor.abandon()
+        raise
 
 
 def read_metrics(path: Path) -> list[MetricsRow]:
@@ -115,18 +158,20 @@ def read_metrics(path: Path) -> list[MetricsRow]:
     if not path.exists():
         return []
     with path.open(newline="", encoding="utf-8") as f:
-        return [MetricsRow(int(r["iteration"]), *(float(r[c]) for c in METRIC_COLUMNS[1:])) for r in csv.DictReader(f)]
+        return [MetricsRow(int(r["iteration"]), *(float(r[c]) for c in METRIC_COLUMNS[1:-1]),
+                           int(r.get("bad_samples") or 0)) for r in csv.DictReader(f)]  # absent before issue 29
 
 
-def truncate_metrics(path: Path, iteration: int) -> None:
-    """Drop metrics rows after ``iteration`` (left by a run that went on past its last checkpoint)."""
-    kept = [row for row in read_metrics(path) if row.iteration <= iteration]
-    if not path.exists():
-        return
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(METRIC_COLUMNS)
-        writer.writerows(row.cells() for row in kept)
+def truncate_metrics(path: Path, iteration: int) -> list[MetricsRow]:
+    """Drop metrics rows after ``iteration`` (left by a run that went on past its last checkpoint); return the rest."""
+    rows = read_metrics(path)
+    kept = [row for row in rows if row.iteration <= iteration]
+    if len(kept) < len(rows):
+        with path.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(METRIC_COLUMNS)
+            writer.writerows(row.cells() for row in kept)
+    return kept
 
 
 def plot_loss(metrics: Path, out: Path) -> None:

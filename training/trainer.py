@@ -2,11 +2,13 @@
 
 Run folder: ``config.json`` (the resolved TrainConfig), ``checkpoint.pt`` (written every ``checkpoint_every``
 iterations, on SIGTERM/SIGINT and at the end; see ``actrec.training.checkpoint``), and every ``log_every``
-iterations a row of ``metrics.csv`` (iteration, loss, lr, clips_per_s, data_wait, elapsed_s) with the same values
-in ``tensorboard/`` when TensorBoard is installed, and ``loss.png`` at the end (``actrec.training.monitor``).
-``loss`` is the iteration's mean training loss over the global batch; ``data_wait`` the fraction of the logged
-iterations' time spent waiting for the DataLoader. Under DDP the loss is averaged over the processes on log
-iterations only (the iteration's one host synchronisation), when a stop request is also shared.
+iterations a row of ``metrics.csv`` (iteration, loss, lr, clips_per_s, data_wait, elapsed_s, bad_samples) with the
+same values in ``tensorboard/`` when TensorBoard is installed, and ``loss.png`` at the end
+(``actrec.training.monitor``); ``bad_samples.csv`` lists the unreadable clips skipped (``bad_samples.py``).
+``loss`` is the iteration's mean training loss over the global batch (its readable clips); ``data_wait`` the
+fraction of the logged iterations' time spent waiting for the input (``feed.py``: loader and batch augmentation).
+Under DDP the loss is averaged over the processes on log iterations only (the iteration's one host
+synchronisation), when a stop request is also shared.
 
 Exact resume: model, optimizer, LR schedule, GradScaler and every generator (Python, NumPy, torch, CUDA) are
 restored, and the data order and each clip's augmentation are functions of the iteration (``distributed.py``), so on
@@ -28,25 +30,23 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from actrec.data_manifests.manifest import class_names, read_manifest
-from actrec.errors import DeviceError, InputError
+from actrec.errors import DeviceError, InputError, OutputError
 from actrec.models.pretrained import resolve_weights
-from actrec.training.augment import AugmentParams
-from actrec.training.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from actrec.training.config import (TrainConfig, apply_overrides, check_resume, config_to_dict, save_config,
-                                    validate_config)
-from actrec.training.datasets import ClipSource, TrainClips
-from actrec.training.distributed import (DistContext, StreamBatchSampler, close_distributed, gather_objects,
-                                         init_distributed, log_across, quiet_worker)
+from actrec.training.checkpoint import (capture_rng, check_room, load_checkpoint, recover_partial_writes, restore_rng,
+                                        save_checkpoint)
+from actrec.training.config import (CONFIG_FILE, TrainConfig, absolute_paths, apply_overrides, check_resume,
+                                    config_to_dict, config_warnings, run_config, save_config, validate_config)
+from actrec.training.datasets import ClipSource
+from actrec.training.distributed import DistContext, close_distributed, gather_objects, init_distributed, log_across
+from actrec.training.feed import TrainFeed
 from actrec.training.models import MODEL_SPECS, build_model, load_backbones, to_channels_last
-from actrec.training.monitor import MetricsRow, RunMonitor
+from actrec.training.monitor import MetricsRow, RunMonitor, closed_on_error
 from actrec.training.optim import build_optimizer, build_scheduler
 
 CHECKPOINT = "checkpoint.pt"
-CONFIG = "config.json"
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 BACKBONES = {"stilt": "resnet50", "cotlstm": "cotnet101"}  # each model's backbone, for --pretrained imagenet
 
@@ -58,18 +58,25 @@ class TrainSummary:
     run_dir: Path
     start_iteration: int
     iteration: int
-    last_loss: float
+    last_loss: float | None  # the last training loss known (None: none logged yet) ...
+    loss_iteration: int  # ... and its iteration
     clips: int
     elapsed: float
     data_wait: float
     rank: int = 0  # the process that made this summary (the CLI prints rank 0's)
     interrupted: bool = False
+    skipped: int = 0  # unreadable training clips skipped (--on-bad-sample skip), by all processes
 
     def line(self) -> str:
         rate = self.clips / self.elapsed if self.elapsed > 0 else 0.0
-        text = (f"train: iterations {self.start_iteration} -> {self.iteration}, last loss {self.last_loss:.4f}, "
+        loss = "no loss logged yet" if self.last_loss is None else f"last loss {self.last_loss:.4f}"
+        if self.last_loss is not None and self.loss_iteration != self.iteration:
+            loss += f" (iteration {self.loss_iteration})"
+        text = (f"train: iterations {self.start_iteration} -> {self.iteration}, {loss}, "
                 f"{rate:.1f} clips/s, data wait {100 * self.data_wait:.0f}%, {self.elapsed:.1f} s; "
                 f"checkpoint {self.run_dir / CHECKPOINT}")
+        if self.skipped:
+            text += f"; {self.skipped} unreadable clips skipped (listed in {self.run_dir / 'bad_samples.csv'})"
         if self.interrupted:
             text += "; interrupted: continue with --resume"
         return text
@@ -99,8 +106,9 @@ def resume_config(run_dir: str | Path, overrides: Mapping[str, Any]) -> TrainCon
     """The config of the run saved in ``run_dir`` with ``overrides`` (None values ignored) applied; only the
     resumable fields (iterations, workers, cache_mb, checkpoint_every, log_every) may change."""
     path = Path(run_dir) / CHECKPOINT
-    saved = apply_overrides(TrainConfig(), load_checkpoint(path)["config"], str(path))
-    wanted = apply_overrides(saved, {k: v for k, v in overrides.items() if v is not None}, "command line")
+    saved = run_config(load_checkpoint(path)["config"], path)
+    wanted = absolute_paths(apply_overrides(saved, {k: v for k, v in overrides.items() if v is not None},
+                                            "command line"))
     return check_resume(saved, wanted, str(path))
 
 
@@ -113,9 +121,12 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, gpu
     """
     ctx = init_distributed(gpu)
     try:
-        return _Run(config, Path(run_dir), ctx, resume, log).loop(progress)
-    finally:
-        close_distributed(ctx)
+        summary = _Run(config, Path(run_dir), ctx, resume, log).loop(progress)
+    except BaseException:
+        close_distributed(ctx, failed=True)
+        raise
+    close_distributed(ctx)
+    return summary
 
 
 class _Run:
@@ -124,8 +135,12 @@ class _Run:
     def __init__(self, config: TrainConfig, run_dir: Path, ctx: DistContext, resume: bool,
                  log: Callable[[str], None]) -> None:
         validate_config(config, ctx.world_size)
+        config = absolute_paths(config)  # as saved: a run folder works from any directory
         self.config, self.run_dir, self.ctx, self.log = config, run_dir, ctx, log
         self.spec = MODEL_SPECS[config.model]
+        if ctx.is_main:  # settle what an interrupted checkpoint write left
+            for note in recover_partial_writes(run_dir / CHECKPOINT):
+                log(f"note: {note}")
         checkpoint = self._checkpoint_to_resume(resume)
         rows = read_manifest(config.manifest)
         self.class_names = class_names(rows)
@@ -139,6 +154,9 @@ class _Run:
         self.amp = amp_dtype(config.amp, ctx.device)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.amp == torch.float16)
         self.iteration = 0
+        self.saved_iteration: int | None = None  # the iteration of the newest checkpoint on disk
+        self.elapsed_before = 0.0  # training seconds of the earlier sessions of a resumed run
+        self._started = time.perf_counter()
         if checkpoint is None:
             _seed_generators(config.seed + ctx.rank)
         else:
@@ -150,8 +168,14 @@ class _Run:
         self.monitor: RunMonitor | None = None
         if ctx.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(run_dir / CONFIG, config)
+            check_room(run_dir / CHECKPOINT, self.model.state_dict(), 2 if config.optimizer == "adamw" else 1,
+                       "continue with --resume" if resume else "start again")
+            save_config(run_dir / CONFIG_FILE, config)
             self.monitor = RunMonitor(run_dir, self.iteration)
+            if checkpoint is not None and "elapsed" not in checkpoint and self.monitor.last_row is not None:
+                self.elapsed_before = self.monitor.last_row.elapsed_s  # checkpoints from before "elapsed" was saved
+            for line in config_warnings(config):
+                log(line)
 
     def _checkpoint_to_resume(self, resume: bool) -> dict[str, Any] | None:
         path = self.run_dir / CHECKPOINT
@@ -161,8 +185,7 @@ class _Run:
                                  "or choose another --out")
             return None
         checkpoint = load_checkpoint(path)
-        saved = apply_overrides(TrainConfig(), checkpoint["config"], str(path))
-        check_resume(saved, self.config, str(path))
+        check_resume(run_config(checkpoint["config"], path), self.config, str(path))
         return checkpoint
 
     def _build_model(self, pretrained: bool) -> nn.Module:
@@ -184,7 +207,8 @@ class _Run:
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.scaler.load_state_dict(checkpoint["scaler"])
-        self.iteration = int(checkpoint["iteration"])
+        self.iteration = self.saved_iteration = int(checkpoint["iteration"])
+        self.elapsed_before = float(checkpoint.get("elapsed", 0.0))
         states = checkpoint["rng"]
         if checkpoint["world_size"] == self.ctx.world_size:
             restore_rng(states[self.ctx.rank])
@@ -197,25 +221,31 @@ class _Run:
     def loop(self, progress: bool) -> TrainSummary:
         """Train until ``config.iterations`` or a stop signal; checkpoint; return the summary."""
         config, ctx = self.config, self.ctx
-        summary = TrainSummary(self.run_dir, self.iteration, self.iteration, float("nan"), 0, 0.0, 0.0, ctx.rank)
+        last = self.monitor.last_row if self.monitor is not None else None  # a resumed run's last logged loss
+        summary = TrainSummary(self.run_dir, self.iteration, self.iteration, last.loss if last else None,
+                               last.iteration if last else self.iteration, 0, 0.0, 0.0, ctx.rank)
         bar = tqdm(total=config.iterations, initial=self.iteration, desc=f"train {config.model}", unit="it",
                    disable=not (progress and ctx.is_main), dynamic_ncols=True)
         window = _Window()
-        start = time.perf_counter()
+        start = self._started = time.perf_counter()
         self.model.train()
-        with _StopSignals() as stop:
-            batches = iter(train_loader(config, self.source, rank=ctx.rank, world_size=ctx.world_size,
-                                        start=self.iteration, pin_memory=ctx.device.type == "cuda"))
+        self.feed = TrainFeed(config, self.source, ctx, self.iteration, self.run_dir, self.log)
+        # on an error: the workers are stopped, the bar closed and the events flushed, and the error propagates
+        with closed_on_error(bar, self.monitor), _StopSignals() as stop, self.feed as batches:
             while self.iteration < config.iterations:
                 loss, lr = self._step(batches, window)
                 self.iteration += 1
                 summary.clips += config.batch_size
                 bar.update(1)
                 if self.iteration % config.log_every == 0 or self.iteration == config.iterations:
-                    summary.last_loss, summary.interrupted = log_across(loss, stop.requested, ctx)  # host sync
-                    self._log_metrics(summary.last_loss, lr, window, time.perf_counter() - start, bar)
+                    summary.last_loss, summary.interrupted, summary.skipped = log_across(  # the host sync
+                        loss, stop.requested, self.feed.skipped, ctx)
+                    summary.loss_iteration = self.iteration
+                    self._log_metrics(summary.last_loss, lr, window, self._elapsed(), summary.skipped, bar)
                 else:  # a single process stops at once; DDP processes learn of a stop at the next log iteration
                     summary.interrupted = stop.requested and not ctx.distributed
+                    if summary.interrupted:  # its loss is the global batch's; one host sync, at the stop only
+                        summary.last_loss, summary.loss_iteration = loss.item(), self.iteration
                 if summary.interrupted or self.iteration % config.checkpoint_every == 0:
                     self._save()
                 if summary.interrupted:
@@ -226,6 +256,8 @@ class _Run:
         if self.monitor is not None:
             self.monitor.close()  # TensorBoard events flushed, loss.png drawn
         summary.iteration = self.iteration
+        if not ctx.distributed:  # also after a stop between log iterations (DDP processes stop on log iterations)
+            summary.skipped = self.feed.skipped
         summary.elapsed = time.perf_counter() - start
         summary.data_wait = window.total_wait / max(summary.elapsed, 1e-9)
         return summary
@@ -235,30 +267,40 @@ class _Run:
         config, device = self.config, self.ctx.device
         lr = self.optimizer.param_groups[0]["lr"]
         total = torch.zeros((), device=device)
+        trained = False
         for micro in range(config.accumulate):
             waited = time.perf_counter()
-            rgb, flow, labels = next(batches)
+            batch = next(batches)  # on the device, augmented
             window.wait(time.perf_counter() - waited)
-            rgb, flow = (t.to(device, non_blocking=True) for t in self.spec.inputs(rgb, flow))
-            labels = labels.to(device, non_blocking=True)
+            if batch is None:  # every clip of this micro-batch was unreadable and skipped
+                continue
+            rgb, flow = self.spec.inputs(batch[0], batch[1])
+            labels = batch[2]
             last = micro == config.accumulate - 1
             no_sync = isinstance(self.net, DistributedDataParallel) and not last  # all-reduce on the last only
             with self.net.no_sync() if no_sync else contextlib.nullcontext(), autocast(device, self.amp):
                 loss = self.spec.loss(self.net(rgb, flow), labels) / config.accumulate
             self.scaler.scale(loss).backward()
             total += loss.detach().float()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+            trained = True
+        if trained:  # else every clip of the iteration was skipped: no gradient to step with
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         window.step()
         return total, lr
 
-    def _log_metrics(self, loss: float, lr: float, window: "_Window", elapsed: float, bar: tqdm) -> None:
+    def _elapsed(self) -> float:
+        """Training seconds of the whole run: earlier sessions of a resumed run, and this one."""
+        return self.elapsed_before + time.perf_counter() - self._started
+
+    def _log_metrics(self, loss: float, lr: float, window: "_Window", elapsed: float, skipped: int,
+                     bar: tqdm) -> None:
         clips_per_s, wait = window.read(self.config.batch_size)
         if self.monitor is None:
             return
-        self.monitor.log(MetricsRow(self.iteration, loss, lr, clips_per_s, wait, elapsed))
+        self.monitor.log(MetricsRow(self.iteration, loss, lr, clips_per_s, wait, elapsed, skipped))
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2g}", clips_s=f"{clips_per_s:.1f}", wait=f"{100 * wait:.0f}%")
 
     def _save(self) -> None:
@@ -266,31 +308,24 @@ class _Run:
         rng = gather_objects(capture_rng(), self.ctx)
         if not self.ctx.is_main:
             return
-        save_checkpoint(self.run_dir / CHECKPOINT, {
-            "iteration": self.iteration,
-            "config": config_to_dict(self.config),
-            "class_names": self.class_names,
-            "world_size": self.ctx.world_size,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": rng,
-        })
-
-
-def train_loader(config: TrainConfig, source: ClipSource, *, rank: int = 0, world_size: int = 1, start: int = 0,
-                 pin_memory: bool = False) -> DataLoader:
-    """This process's micro-batches (RGB, flow, labels) for iterations ``start`` .. ``config.iterations`` - 1."""
-    params = AugmentParams(crop=config.crop, resize=config.resize, scales=config.scales,
-                           max_distort=config.max_distort, rotation=config.rotation, erase_prob=config.erase_prob,
-                           flip=config.flip)
-    dataset = TrainClips(source, config.segments, MODEL_SPECS[config.model].augment, params, config.seed)
-    sampler = StreamBatchSampler(len(source), config.batch_size, config.seed, rank=rank, world_size=world_size,
-                                 accumulate=config.accumulate, start=start, stop=config.iterations)
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=config.workers, pin_memory=pin_memory,
-                      worker_init_fn=quiet_worker, prefetch_factor=4 if config.workers else None,
-                      generator=torch.Generator())  # its own generator: starting it leaves the global one alone
+        try:
+            save_checkpoint(self.run_dir / CHECKPOINT, {
+                "iteration": self.iteration,
+                "elapsed": self._elapsed(),
+                "config": config_to_dict(self.config),
+                "class_names": self.class_names,
+                "world_size": self.ctx.world_size,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": rng,
+            })
+        except OutputError as exc:
+            kept = ("no checkpoint was written yet" if self.saved_iteration is None
+                    else f"the checkpoint of iteration {self.saved_iteration} is kept: continue from it with --resume")
+            raise OutputError(f"{exc}; {kept}") from None
+        self.saved_iteration = self.iteration
 
 
 def _check_training_rows(config: TrainConfig, rows: list) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import av
 import numpy as np
 
+from actrec.deps import LazyModule
 from actrec.errors import ActrecError, StoreError
+
+av = LazyModule("av", "writing videos (synth, demo)")
 
 
 # H.264 encoders in order of preference, with options that keep the texture (and so the flow) sharp. x264's

@@ -48,21 +48,18 @@ Colour input: convert RGB frames with ``cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)`` 
 OpenCV's users do; this package takes grayscale only.
 """
 
-from actrec.pipeline.tvl1.ops import (centered_gradient, divergence, forward_gradient, median_blur, pyramid_sizes,
-                                      remap_cubic, resize_linear, to_gray)
-from actrec.pipeline.tvl1.params import TVL1Params
-from actrec.pipeline.tvl1.solver import solve_level, tvl1_flow
+import importlib
 
-__all__ = [
-    "TVL1Params",
-    "tvl1_flow",
-    "to_gray",
-    "pyramid_sizes",
-    "resize_linear",
-    "remap_cubic",
-    "median_blur",
-    "centered_gradient",
-    "forward_gradient",
-    "divergence",
-    "solve_level",
-]
+# name -> submodule: imported on first access (PEP 562), so that ``TVL1Params`` (for the command line's defaults)
+# does not import torch
+_EXPORTS = {"TVL1Params": "params", "tvl1_flow": "solver", "solve_level": "solver", "to_gray": "ops",
+            "pyramid_sizes": "ops", "resize_linear": "ops", "remap_cubic": "ops", "median_blur": "ops",
+            "centered_gradient": "ops", "forward_gradient": "ops", "divergence": "ops"}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -90,7 +90,8 @@ class _TritonKernels:
     runs the plain PyTorch functions by name like :class:`_Kernels`. On CUDA each outer iteration replays as a
     CUDA graph (:mod:`.graphs`; env ACTREC_TVL1_GRAPHS=0 turns that off). Under ``TRITON_INTERPRET=1`` the kernels
     run on the CPU through numpy (tests); ``graphs`` replaces the CUDA graph cache there. ``config``: the step
-    kernel's tile, :func:`kernel_config` by default.
+    kernel's tile, :func:`kernel_config` by default. The first pyramid on a device runs the self-check
+    (:mod:`.selfcheck`), which may hand that device to direct launches or to the plain-PyTorch kernels.
     """
 
     name = "triton"
@@ -102,6 +103,7 @@ class _TritonKernels:
         self._graphs = graphs
         self._config = config
         self._solvers: dict = {}
+        self._runners: dict[torch.device, Callable] = {}  # per device: what the self-check chose
 
     def supports(self, params) -> bool:
         from actrec.pipeline.tvl1.triton_level import supported
@@ -109,8 +111,27 @@ class _TritonKernels:
         return supported(params)
 
     def pyramid(self, I0: torch.Tensor, I1: torch.Tensor, params, flow0: torch.Tensor | None) -> torch.Tensor:
-        """The whole coarse-to-fine solve of ``I0``, ``I1`` ``(N, H, W)``: one solver (workspace and graph cache)
-        per device and configuration, graphs used when enabled at the time of the call."""
+        """The whole coarse-to-fine solve of ``I0``, ``I1`` ``(N, H, W)`` by what the self-check chose there."""
+        return self.runner(I0.device)(I0, I1, params, flow0)
+
+    def runner(self, device: torch.device) -> Callable:
+        """What solves pyramids on ``device`` (``(I0, I1, params, flow0) -> flow``), chosen by the self-check on
+        the first call there."""
+        run = self._runners.get(device)
+        if run is None:
+            from actrec.pipeline.tvl1 import selfcheck
+
+            run = self._runners[device] = selfcheck.verify(self, device)
+        return run
+
+    def uses_graphs(self, device: torch.device) -> bool:
+        """Whether the outer iterations replay as graphs on ``device``."""
+        return self._graphs is not None or graphs_enabled(device)
+
+    def launch(self, I0: torch.Tensor, I1: torch.Tensor, params, flow0: torch.Tensor | None,
+               graphs: bool = True) -> torch.Tensor:
+        """The Triton solver's pyramid without the self-check: one solver (workspace and graph cache) per device
+        and configuration; ``graphs=False``: direct launches only."""
         from actrec.pipeline.tvl1.triton_level import TritonSolver
 
         if os.environ.get("TRITON_INTERPRET", "0") != "1":
@@ -119,9 +140,9 @@ class _TritonKernels:
         config = self._config or kernel_config()
         solver = self._solvers.get((dev, config))
         if solver is None:
-            graphs = self._graphs or (GraphCache(cuda_capture) if dev.type == "cuda" else None)
-            solver = self._solvers[(dev, config)] = TritonSolver(dev, config, graphs)
-        solver.use_graphs = self._graphs is not None or graphs_enabled(dev)
+            cache = self._graphs or (GraphCache(cuda_capture) if dev.type == "cuda" else None)
+            solver = self._solvers[(dev, config)] = TritonSolver(dev, config, cache)
+        solver.use_graphs = graphs and self.uses_graphs(dev)
         return solver.pyramid(I0, I1, params, flow0)
 
     def __call__(self, name: str, *args):
