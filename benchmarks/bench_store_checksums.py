@@ -41,7 +41,8 @@ import numpy as np
 
 from actrec.data_manifests.manifest import ManifestRow
 from actrec.errors import StoreError
-from actrec.pipeline.flow import COMPRESSIONS, FlowOptions, FlowStore, compute_flow
+from actrec.pipeline.flow import FlowOptions, FlowStore, compute_flow
+from actrec.pipeline.flow_spec import codec_storage
 from actrec.pipeline.frames import ExtractOptions, FrameStore, extract_frames
 from actrec.pipeline.store import META_FILE, VIDEOS
 
@@ -80,7 +81,7 @@ def flow_writer(codec: str, fletcher32: bool) -> Callable[[h5py.Group, str, h5py
     def write(target: h5py.Group, name: str, dset: h5py.Dataset) -> None:
         data = dset[()]
         target.create_dataset(name, data=data, chunks=(1, *data.shape[1:]), fletcher32=fletcher32,
-                              **COMPRESSIONS[codec])
+                              **codec_storage(codec))
     return write
 
 
