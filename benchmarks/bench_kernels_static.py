@@ -26,7 +26,10 @@ outer iterations; stored in benchmarks/tvl1_work.json, ``--count`` recounts, ~3 
 instruction issue (132 SMs x 4 schedulers x 1.98 GHz, one warp instruction per scheduler and cycle, every cycle
 issuing), and their minimum. These are estimates from compiled code, not measured speeds.
 
-    python benchmarks/bench_kernels_static.py [--json FILE] [--levels 1] [--no-trace]
+    python benchmarks/bench_kernels_static.py [--json FILE] [--levels 1] [--no-trace] [--configs]
+
+``--configs`` also compares the candidate configurations of the iterations (benchmarks/kernel_configs.py) and says
+which one it recommends and which one ``compute-flow --gpu`` uses.
     PYTHONPATH=/path/to/triton-3.6 python benchmarks/bench_kernels_static.py   # as the device image compiles
 """
 
@@ -269,7 +272,9 @@ def main() -> None:
         _trace_main(json.loads(args.trace_levels))
         return
     if args.trace_configs:
-        _trace_configs()
+        from kernel_configs import trace_configs
+
+        trace_configs()
         return
     if args.count:
         count_work(Path(args.work))
@@ -297,6 +302,8 @@ def main() -> None:
         result["roofline"] = roof
         print_roofline(roof)
     if args.configs:
+        from kernel_configs import compare_configs
+
         from actrec.pipeline.tvl1.backend import kernel_config
 
         result["configs"] = compare_configs(json.loads(Path(args.work).read_text()))
@@ -304,87 +311,6 @@ def main() -> None:
         print(f"compute-flow --gpu uses {used.bh}x{used.bw}x{used.num_warps}x{used.k} (backend.kernel_config)")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
-
-
-CANDIDATES = ((16, 64, 4, 1), (32, 64, 4, 1), (32, 32, 4, 1), (32, 128, 8, 1),  # one pass per iteration
-              (32, 64, 16, 4), (32, 128, 16, 4), (64, 64, 16, 4))  # 4 iterations per pass: regions, halo of 4
-
-
-def _candidate(spec) -> "object":
-    from actrec.pipeline.tvl1.step_config import StepConfig
-
-    bh, bw, warps, k = spec
-    return StepConfig(bh, bw, warps, 128, k)  # 128 registers asked of ptxas (StepConfig.max_registers)
-
-
-def _trace_configs() -> None:
-    """Footprints of each candidate's iteration launches at 340x256 (run under the interpreter)."""
-    from actrec.pipeline.tvl1 import kernel_table
-
-    found = {}
-    for spec in CANDIDATES:
-        for launch in kernel_table.level_launches(256, 340, config=_candidate(spec)):
-            if launch.per in ("iteration", "pass"):
-                found["x".join(map(str, spec)) + "/" + launch.name] = kernel_table.trace_bytes(launch).__dict__
-    print(json.dumps(found))
-
-
-def compare_configs(work: dict) -> dict:
-    """Each candidate configuration of the iterations compiled at every level and traced at 340x256: resources,
-    SASS and bytes per pixel-iteration, and the static roofline of the iterations alone on the real pairs' work
-    (border tiles' idle lanes and, for k iterations per pass, the passes' replays included). The recommendation is
-    the best H200 roofline (then the best issue bound) among the candidates with no stack and at most 128
-    registers at every level."""
-    from actrec.pipeline.tvl1 import TVL1Params, compiled, kernel_table
-
-    traces = json.loads(subprocess.run([sys.executable, __file__, "--trace-configs"], env=interpreter_env(),
-                                       capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
-    steps, held = np.array(work["steps"], dtype=float), np.array(work["held"], dtype=float)
-    outer = (steps + held) / TVL1Params().inner_iterations
-    found = {}
-    for spec in CANDIDATES:
-        name = "x".join(map(str, spec))
-        instr = nbytes = 0.0
-        comps = []
-        for li, (h, w) in enumerate(tuple(s) for s in work["sizes"]):
-            for launch in kernel_table.level_launches(h, w, config=_candidate(spec)):
-                if launch.per not in ("iteration", "pass"):
-                    continue
-                comp = compiled.compile_sm90(launch.name, launch.fn, launch.args, launch.kwargs)
-                runs = _events(launch.per, steps[:, li], held[:, li], outer[:, li], TVL1Params().warps,
-                               launch.iterations)
-                if launch.role == "step" and launch.per == "iteration":
-                    runs = steps[:, li]
-                fp = traces[f"{name}/{launch.name}"]
-                instr += float(np.mean(runs)) * len(comp.sass) * 32 * comp.num_warps * launch.work_items
-                nbytes += float(np.mean(runs)) * (fp["loaded"] + fp["stored"]) * (h * w) / (256 * 340)
-                comps.append((launch, comp))
-        step, top = next((launch, c) for launch, c in comps if launch.role == "step")
-        px = step.pixels * step.iterations
-        fp = traces[f"{name}/{step.name}"]
-        found[name] = {
-            "registers": max(c.registers for launch, c in comps if launch.role == "step"),
-            "stack_bytes": max(c.stack_bytes for launch, c in comps if launch.role == "step"),
-            "resident_warps_per_sm": top.resident_warps,
-            "sass_per_pixel_iteration": round(len(top.sass) * 32 * top.num_warps
-                                              / (step.tile_pixels * step.iterations), 1),
-            "bytes_per_pixel_iteration": round((fp["loaded"] + fp["stored"]) / px, 2),
-            "issue_pairs_per_s": round(ISSUE / instr), "h200_memory_pairs_per_s": round(BANDWIDTH["h200"] / nbytes),
-            "h200_pairs_per_s": round(min(ISSUE / instr, BANDWIDTH["h200"] / nbytes))}
-    fits = {k: v for k, v in found.items() if v["stack_bytes"] == 0 and v["registers"] <= 128
-            and v["resident_warps_per_sm"] > 0}
-    best = max(fits or found, key=lambda k: (found[k]["h200_pairs_per_s"], found[k]["issue_pairs_per_s"]))
-    print("\ncandidate iterations (rows x columns x warps x iterations per pass; registers and stack the most of any "
-          "level, SASS and bytes per pixel-iteration at 340x256; bounds of the iterations alone on the real pairs'"
-          " work)")
-    print("| config | regs | stack | res.warps/SM | SASS/px-it | B/px-it | issue bound | H200 memory bound |"
-          " H200 roofline |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for k, v in found.items():
-        print(f"| {k}{' (recommended)' if k == best else ''} | {v['registers']} | {v['stack_bytes']} | "
-              f"{v['resident_warps_per_sm']} | {v['sass_per_pixel_iteration']} | {v['bytes_per_pixel_iteration']} |"
-              f" {v['issue_pairs_per_s']} | {v['h200_memory_pairs_per_s']} | {v['h200_pairs_per_s']} |")
-    return {"configs": found, "recommended": best}
 
 
 def print_roofline(roof: dict) -> None:

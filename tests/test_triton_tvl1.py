@@ -5,9 +5,9 @@ The interpreter must be switched on before any ``@triton.jit`` function is defin
 that executes this file as a script with the variable set, and print one JSON object; each test asserts on its
 part. Where the kernel performs the reference's float32 operations in the same order, the outputs must be
 bit-identical; the per-pair error sum (float64) is checked to be independent of the batch and within 1e-12
-(relative) of PyTorch's sum, whose order differs. The step kernel runs with small tiles (8 x 16) so that a
-21 x 37 image has 3 x 3 tiles and every halo between tiles is exercised; several iterations per pass run on
-16 x 16 regions (8 x 8 kept); the solver runs the default configuration and the other family.
+(relative) of PyTorch's sum, whose order differs. The step kernel runs with small tiles (16 x 16, in sub-tiles of
+8 rows) so that a 21 x 37 image has 2 x 3 tiles and every halo between tiles is exercised; several iterations per
+pass run on 16 x 16 regions (8 x 8 kept); the solver runs the default configuration and the other family.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import triton.language as tl
 from actrec.pipeline.tvl1.triton_step import _hypot
 
 HERE = Path(__file__).resolve().parent
-CROP = (48, 80)  # (H, W) of the real crops: 3 x 2 tiles of the default 16 x 64
-SMALL_TILES = dict(bh=8, bw=16, num_warps=4)
+CROP = (48, 80)  # (H, W) of the real crops: 2 x 2 tiles of the default 32 x 64
+SMALL_TILES = dict(bh=16, bw=16, num_warps=4)  # 2 x 3 tiles of 21 x 37, each in 2 sub-tiles of 8 rows
 SMALL_REGIONS = dict(bh=16, bw=16, num_warps=4, k=4)  # 4 iterations per pass: 8 x 8 output tiles, a halo of 4
 
 

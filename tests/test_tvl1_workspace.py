@@ -64,7 +64,7 @@ def test_the_table_recommends_the_configuration_and_an_env_selects_the_other(mon
     from actrec.errors import InputError
     from actrec.pipeline.tvl1.backend import PASSES_CONFIG, default_kernels
 
-    assert kernel_config().k == 1 and (kernel_config().bh, kernel_config().bw) == (16, 64)
+    assert kernel_config().k == 1 and (kernel_config().bh, kernel_config().bw) == (32, 64)
     monkeypatch.setenv("ACTREC_TVL1_PASS_ITERATIONS", "4")
     assert kernel_config() == PASSES_CONFIG
     monkeypatch.setenv("ACTREC_TVL1_PASS_ITERATIONS", "3")

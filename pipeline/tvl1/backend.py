@@ -154,14 +154,16 @@ PASSES_CONFIG = StepConfig(bh=32, bw=64, num_warps=16, max_registers=128, k=4)  
 
 def kernel_config() -> StepConfig:
     """The iterations' configuration that benchmarks/bench_kernels_static.py recommends (``--configs``; the table in
-    benchmarks/RESULTS.md): one pass per iteration on 16 x 64 tiles, 4 warps, 128 registers, the best H200 roofline
-    among the candidates that fit 128 registers without a stack under the GPU image's Triton 3.6. Env
-    ACTREC_TVL1_PASS_ITERATIONS=4 selects 4 iterations per pass on 32 x 64 regions (:data:`PASSES_CONFIG`, the
-    table's best on the H100), so that a GPU check can measure both."""
+    benchmarks/RESULTS.md): one pass per iteration on 32 x 64 tiles, 4 warps, 128 registers at most. Among the
+    candidates that need no stack within 128 registers under the GPU image's Triton 3.6 and keep their scratch on
+    chip it has one of the best H200 rooflines (every one-pass tile is memory-bound alike) and the best issue bound.
+    Env ACTREC_TVL1_PASS_ITERATIONS=4 selects 4 iterations per pass on 32 x 64 regions (:data:`PASSES_CONFIG`, the
+    best such candidate with several iterations per pass), so that a GPU check can measure both
+    (benchmarks/device_check.py's ``triton-k4`` path)."""
     env = os.environ.get("ACTREC_TVL1_PASS_ITERATIONS", "").strip()
     if env not in ("", "1", "4"):
         raise InputError(f"ACTREC_TVL1_PASS_ITERATIONS must be 1 or 4, got {env!r}")
-    return PASSES_CONFIG if env == "4" else StepConfig(bh=16, bw=64, num_warps=4, max_registers=128)
+    return PASSES_CONFIG if env == "4" else StepConfig(bh=32, bw=64, num_warps=4, max_registers=128)
 
 
 _kernels_cache: dict = {}

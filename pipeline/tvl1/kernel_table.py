@@ -109,7 +109,7 @@ def level_launches(h: int, w: int, n: int = 1, config=None, finer: tuple[int, in
 
 
 def _launches(h, w, n, config, finer, coarser, medians) -> list[Launch]:
-    from actrec.pipeline.tvl1 import triton_pyramid, triton_step, triton_warp
+    from actrec.pipeline.tvl1 import triton_pyramid, triton_warp
 
     level, I0, I1 = _random_level(h, w, n, config)
     pix = n * h * w

@@ -102,8 +102,8 @@ def _block_kernel(state_ptr, const_ptr, scratch_ptr, pairs_ptr, act_ptr, par_ptr
                     tl.debug_barrier()  # the new u of the right and lower neighbours
                     mr = inside & (x + 1 < W) & (lx + 1 < RW)
                     md = inside & (y + 1 < H) & (ly + 1 < RH)
-                    _dual(src + 2 * RS, dst + 2 * RS, dst, n1, loc, inside, mr, md, RW, RS, taut)
-                    _dual(src + 4 * RS, dst + 4 * RS, dst + RS, n2, loc, inside, mr, md, RW, RS, taut)
+                    _dual(src + 2 * RS, dst + 2 * RS, dst, loc, inside, mr, md, RW, RS, taut)
+                    _dual(src + 4 * RS, dst + 4 * RS, dst + RS, loc, inside, mr, md, RW, RS, taut)
                     tl.debug_barrier()  # the iteration's writes before the next one reads them
             final = scratch + (n_it % 2) * (6 * RS)
             out = window & inside

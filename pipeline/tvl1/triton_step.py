@@ -31,7 +31,9 @@ changes a stop only if the error lands within ~1e-12 (relative) of the threshold
 Memory traffic per pixel and iteration: 10 float32 reads (u1, u2, p11, p12, p21, p22, I1wx, I1wy, rho_c,
 grad_safe) and 6 float32 writes, 64 bytes; the neighbours, the halo and the read-back are served by the caches.
 The image size is a compile-time constant (one compiled kernel per pyramid level): plane offsets become
-immediates and the masks constants, which keeps the kernel within 128 registers (benchmarks/RESULTS.md).
+immediates and the masks constants; the tile is worked through 8 rows at a time (``SUB``), so that fewer values
+are live at once, and the dual update reads the new u back from the cache rather than keep it across the barrier:
+100-105 registers and no stack at every level under Triton 3.6 (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -85,11 +87,13 @@ def _primal(u_in, p_in, c_in, off, c_off, m, ml, mu, first_col, ROW: tl.constexp
 
 
 @triton.jit
-def _dual(p_in, p_out, u_new, n, off, m, mr, md, ROW: tl.constexpr, PL: tl.constexpr, taut):
+def _dual(p_in, p_out, u_new, off, m, mr, md, ROW: tl.constexpr, PL: tl.constexpr, taut):
     """One flow component's dual update (estimateDualVariables): the forward gradient of the new u (0 on the last
     column / row: ``mr``/``md`` mask the pixels whose right/lower neighbour is inside), p = (p + taut grad u) /
-    (1 + taut |grad u|); ``u_new``: the component's new plane, read back at the right and lower neighbours; the
-    component's two p planes are ``PL`` floats apart, rows ``ROW``."""
+    (1 + taut |grad u|); ``u_new``: the component's new plane, read back at the pixel (from the cache: cheaper than
+    keeping it in registers across the barrier) and at its right and lower neighbours; the component's two p planes
+    are ``PL`` floats apart, rows ``ROW``."""
+    n = tl.load(u_new + off, mask=m)
     r = tl.load(u_new + off + 1, mask=mr)
     d = tl.load(u_new + off + ROW, mask=md)
     ux = tl.where(mr, r - n, 0.0)
@@ -104,7 +108,7 @@ def _dual(p_in, p_out, u_new, n, off, m, mr, md, ROW: tl.constexpr, PL: tl.const
 @triton.jit
 def _step_kernel(state_ptr, const_ptr, pairs_ptr, act_ptr, par_ptr, part_ptr, l_t, theta, taut, u_shift,
                  H: tl.constexpr, W: tl.constexpr, P: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
-                 HALO: tl.constexpr):
+                 SUB: tl.constexpr, HALO: tl.constexpr):
     """One primal-dual iteration of one tile of a listed, active pair (``pairs`` entries < 0 pad the list)."""
     # grid: (tiles of a pair, listed pairs)
     TX: tl.constexpr = (W + BW - 1) // BW
@@ -124,19 +128,7 @@ def _step_kernel(state_ptr, const_ptr, pairs_ptr, act_ptr, par_ptr, part_ptr, l_
             c_in = const_ptr + pair.to(tl.int64) * (4 * HP)
             y0 = (tile // TX) * BH
             x0 = (tile % TX) * BW
-            y = y0 + tl.arange(0, BH)[:, None]
-            x = x0 + tl.arange(0, BW)[None, :]
-            m = (y < H) & (x < P)  # whole 4-float vectors: the padding columns [W, P) compute harmless values
-            off = y * P + x
-            n1, n2, u1, u2 = _primal(u_in, p_in, c_in, off, off, m, m & (x > 0), m & (y > 0), x == 0, P, HP, HP,
-                                     l_t, theta)
-            tl.store(u_out + off, n1, mask=m)
-            tl.store(u_out + HP + off, n2, mask=m)
-            e1 = n1 - u1
-            e2 = n2 - u2
-            err = tl.where(m & (x < W), (e1 * e1 + e2 * e2).to(tl.float64), 0.0)
-            tl.store(part_ptr + pair.to(tl.int64) * T + tile, tl.sum(tl.sum(err, axis=1), axis=0))
-            # the halo: the row below the tile (first BW lanes) and the column right of it (next BH lanes)
+            # the halo first: the row below the tile (first BW lanes) and the column right of it (next BH lanes)
             k = tl.arange(0, HALO)
             hy = tl.where(k < BW, y0 + BH, y0 + k - BW)
             hx = tl.where(k < BW, x0 + k, x0 + BW)
@@ -146,11 +138,30 @@ def _step_kernel(state_ptr, const_ptr, pairs_ptr, act_ptr, par_ptr, part_ptr, l_
                                    HP, l_t, theta)
             tl.store(u_out + hoff, h1, mask=hm)
             tl.store(u_out + HP + hoff, h2, mask=hm)
+            x = x0 + tl.arange(0, BW)[None, :]
+            total = tl.full([], 0.0, tl.float64)
+            for s in tl.static_range(BH // SUB):  # SUB rows at a time: fewer values live at once
+                y = y0 + s * SUB + tl.arange(0, SUB)[:, None]
+                m = (y < H) & (x < P)  # whole 4-float vectors: the padding columns [W, P) compute harmless values
+                off = y * P + x
+                n1, n2, u1, u2 = _primal(u_in, p_in, c_in, off, off, m, m & (x > 0), m & (y > 0), x == 0, P, HP, HP,
+                                         l_t, theta)
+                tl.store(u_out + off, n1, mask=m)
+                tl.store(u_out + HP + off, n2, mask=m)
+                e1 = n1 - u1
+                e2 = n2 - u2
+                err = tl.where(m & (x < W), (e1 * e1 + e2 * e2).to(tl.float64), 0.0)
+                total += tl.sum(tl.sum(err, axis=1), axis=0)
+            tl.store(part_ptr + pair.to(tl.int64) * T + tile, total)
             tl.debug_barrier()  # the tile's and the halo's new u are visible to all the program's threads
-            mr = m & (x + 1 < W)
-            md = m & (y + 1 < H)
-            _dual(p_in, p_out, u_out, n1, off, m, mr, md, P, HP, taut)
-            _dual(p_in + 2 * HP, p_out + 2 * HP, u_out + HP, n2, off, m, mr, md, P, HP, taut)
+            for s in tl.static_range(BH // SUB):
+                y = y0 + s * SUB + tl.arange(0, SUB)[:, None]
+                m = (y < H) & (x < P)
+                off = y * P + x
+                mr = m & (x + 1 < W)
+                md = m & (y + 1 < H)
+                _dual(p_in, p_out, u_out, off, m, mr, md, P, HP, taut)
+                _dual(p_in + 2 * HP, p_out + 2 * HP, u_out + HP, off, m, mr, md, P, HP, taut)
 
 
 @triton.jit
@@ -207,7 +218,8 @@ def step_launch(level, m: int, u_shift: int, config: StepConfig):
     args = (level.state, level.consts, ws.pairs, ws.active, ws.parity, level.parts, level.l_t, level.theta,
             level.taut, u_shift)
     kwargs = {"H": level.h, "W": level.w, "P": level.pitch, "BH": config.bh, "BW": config.bw,
-              "HALO": triton.next_power_of_2(config.bh + config.bw), "num_warps": config.num_warps,
+              "SUB": min(config.sub_rows, config.bh), "HALO": triton.next_power_of_2(config.bh + config.bw),
+              "num_warps": config.num_warps,
               "maxnreg": config.max_registers, "enable_fp_fusion": False}
     return _step_kernel, grid, args, kwargs
 
