@@ -1,7 +1,8 @@
 """GPU TV-L1 throughput and parity, from the inputs prepare_device_check.py saved (no PyAV, no opencv-contrib).
 
-For each solver path (``triton``: the fused Triton kernels, small batches replayed as CUDA graphs; ``triton-direct``:
-the same kernels launched one by one, ACTREC_TVL1_GRAPHS=0; ``eager``: plain PyTorch; ``compile``: PyTorch fused by
+For each solver path (``triton``: the Triton solver in its default configuration, outer iterations replayed as CUDA
+graphs; ``triton-k4``: 4 iterations per kernel pass, ACTREC_TVL1_PASS_ITERATIONS=4; ``triton-direct``: the default
+kernels launched one by one, ACTREC_TVL1_GRAPHS=0; ``eager``: plain PyTorch; ``compile``: PyTorch fused by
 ``torch.compile``) and batch size, the prepared real pairs (20 at 340x256) are repeated up to the batch, solved
 once after a warm-up (compilation excluded, reported apart), and timed: pairs/s, and parity with OpenCV's flows
 (fraction of pixels within 0.1 px, overall and worst pair; a pair's flow does not depend on its batch, so the first
@@ -28,6 +29,7 @@ from actrec.pipeline.tvl1 import TVL1Params, tvl1_flow
 
 # path: (tvl1_flow options, environment while it runs)
 PATHS = {"triton": (dict(kernels="triton"), {}),
+         "triton-k4": (dict(kernels="triton"), {"ACTREC_TVL1_PASS_ITERATIONS": "4"}),
          "triton-direct": (dict(kernels="triton"), {"ACTREC_TVL1_GRAPHS": "0"}),
          "eager": (dict(kernels="torch", compile=False), {}),
          "compile": (dict(kernels="torch", compile=True), {})}
@@ -126,7 +128,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=".device_check/prepared.npz")
     ap.add_argument("--batches", type=int, nargs="+", default=[8, 64, 256, 1024])
-    ap.add_argument("--paths", nargs="+", default=["triton", "triton-direct", "compile", "eager"],
+    ap.add_argument("--paths", nargs="+", default=["triton", "triton-k4", "triton-direct", "compile", "eager"],
                     choices=list(PATHS))
     ap.add_argument("--budget", type=float, default=60.0, help="seconds per run before larger batches are skipped")
     ap.add_argument("--tiny", action="store_true",

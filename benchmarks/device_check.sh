@@ -5,8 +5,8 @@
 #   tvl1_cuda_tests   80 s  pytest -k cuda: TV-L1 parity and batching on CUDA, Triton kernels on CUDA vs the CPU
 #                           references, CUDA graph replay
 #   model_tests       50 s  pytest -k cuda: the models' and training's CUDA tests
-#   tvl1_throughput  110 s  benchmarks/device_check.py: pairs/s and OpenCV parity per path (triton, triton-direct,
-#                           eager) and batch (8, 64, 256, 1024)
+#   tvl1_throughput  110 s  benchmarks/device_check.py: pairs/s and OpenCV parity per path (triton, triton-k4,
+#                           triton-direct, eager) and batch (8, 64, 256, 1024)
 #   bench_train       60 s  benchmarks/bench_train.py --gpu
 #   tvl1_compile      30 s  device_check.py, the torch.compile path: last, since a cold compile on CUDA can take
 #                           minutes (the inductor cache in .device_check/ stays on the warm machine for a rerun);
@@ -94,7 +94,7 @@ step tvl1_cuda_tests 80 env ACTREC_TVL1_PREPARED="$DATA" ACTREC_SHARED_DATA="$ST
     tests/test_tvl1_graphs.py
 step model_tests 50 "$PY" -m pytest -q -k cuda -p no:cacheprovider tests/test_stilt.py tests/test_cotnet.py \
     tests/test_cotlstm.py tests/test_train.py tests/test_train_devices.py
-step tvl1_throughput 110 "$PY" benchmarks/device_check.py --data "$DATA" --paths triton triton-direct eager \
+step tvl1_throughput 110 "$PY" benchmarks/device_check.py --data "$DATA" --paths triton triton-k4 triton-direct eager \
     "${TVL1[@]}"
 step bench_train 60 "$PY" benchmarks/bench_train.py "${TRAIN[@]}"
 step tvl1_compile 30 "$PY" benchmarks/device_check.py --data "$DATA" --paths compile "${COMPILE[@]}"

@@ -1,10 +1,11 @@
-"""CUDA-graph replay of the inner iterations (:mod:`actrec.pipeline.tvl1.graphs`), checked on the CPU.
+"""The graph cache of the Triton solver (:mod:`actrec.pipeline.tvl1.graphs`), checked on the CPU.
 
-A CUDA graph has static inputs and outputs that every replay rewrites; :func:`eager_capture` has the same contract
-on any device, so these tests check the bookkeeping the CUDA path depends on (padding, static copies, outputs that
-a later replay must not overwrite, the cache) with the PyTorch reference iteration on real frames. The same runner
-around the Triton kernels is checked under the interpreter in tests/test_triton_tvl1.py, and with real CUDA graphs
-in its CUDA test (benchmarks/device_check.sh).
+A CUDA graph is captured once and replayed; :func:`eager_capture` has the same contract on any device. Here: the
+cache's bookkeeping (a no-op capture, replays with the real inputs, the count bound), and the number of captures
+per batch over a real job's sequence of outer iterations (level sizes and the number of pairs still running, as
+per-pair stopping shrinks them), recorded from the solver on real frames. The Triton solver's results with the
+cache are checked bit for bit under the interpreter in tests/test_triton_tvl1.py, and with real CUDA graphs in its
+CUDA test (benchmarks/device_check.sh).
 """
 
 from __future__ import annotations
@@ -12,110 +13,114 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from actrec.pipeline.tvl1 import TVL1Params, solver
-from actrec.pipeline.tvl1.backend import get_kernels
-from actrec.pipeline.tvl1.graphs import GraphedBlocks, eager_capture, graphs_enabled, padded_batch
-from actrec.pipeline.tvl1.iteration import _block2
+from actrec.pipeline.tvl1.backend import get_kernels, kernel_config
+from actrec.pipeline.tvl1.graphs import GraphCache, eager_capture, graphs_enabled, padded_batch
+from actrec.pipeline.tvl1.triton_level import graph_key
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests/ is not a package: reach the shared helper module
-from test_triton_tvl1 import _iteration_state  # noqa: E402
+sys.path.insert(0, str(Path(__file__).parent))  # tests/ is not a package: reach the shared frame decoder
 from test_tvl1 import gray_frames  # noqa: E402
 
-CROP = (40, 56)  # (H, W)
-
-
-@pytest.fixture(scope="module")
-def pairs(videos_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Five real grayscale crop pairs (two clips, moving), so pairs stop after different numbers of iterations."""
-    arm = gray_frames(videos_dir / "kinetics_arm_wrestling.mp4", 60, 4)
-    skate = gray_frames(videos_dir / "kinetics_skateboarding.mp4", 40, 3)
-    h, w = CROP
-    img0 = [arm[0, 100:100 + h, 140:140 + w], arm[1, 100:100 + h, 140:140 + w], arm[2, 90:90 + h, 120:120 + w],
-            skate[0, 120:120 + h, 150:150 + w], skate[1, 110:110 + h, 160:160 + w]]
-    img1 = [arm[1, 100:100 + h, 140:140 + w], arm[2, 100:100 + h, 140:140 + w], arm[3, 90:90 + h, 120:120 + w],
-            skate[1, 120:120 + h, 150:150 + w], skate[2, 110:110 + h, 160:160 + w]]
-    return np.stack(img0), np.stack(img1)
-
-
-def _state(img0: np.ndarray, img1: np.ndarray):
-    """A real iteration state: the warp constants at zero flow and four reference iterations from zero."""
-    return _iteration_state(img0, img1, warm=4)
-
-
-def _equal(a, b) -> bool:
-    return all(torch.equal(x, y) for x, y in zip(a, b))
+SIZE = (96, 72)  # (W, H): real frames scaled down, 5 pyramid levels like 340x256
 
 
 def test_padded_batch_is_the_next_power_of_two():
     assert [padded_batch(n) for n in (1, 2, 3, 4, 5, 8, 9, 1000)] == [1, 2, 4, 4, 8, 8, 16, 1024]
 
 
-def test_replay_equals_the_direct_block_and_shares_graphs(pairs):
-    state, consts, scalars = _state(*pairs)
-    graphed = GraphedBlocks(_block2, eager_capture)
-    active = torch.tensor([True, False, True, True, True])
-    for rows in ([0, 1, 2, 3, 4], [0, 1, 2], [1, 2, 3, 4], [3]):  # padded to 8, 4, 4, 1
-        sub = tuple(t[rows] for t in state + consts)
-        direct = _block2(*sub, active[rows], *scalars, 3)
-        assert _equal(graphed(*sub, active[rows], *scalars, 3), direct), rows
-    assert graphed.captures == 3  # the batches of 3 and 4 pairs replay one graph
+def test_a_capture_is_a_no_op_and_a_replay_uses_the_real_inputs():
+    log: list[str] = []
+    inputs = {"pairs": "real"}
+    cache = GraphCache(eager_capture)
+
+    def block():
+        log.append(inputs["pairs"])
+
+    def noop():
+        inputs["pairs"] = "none"
+
+    def prepare():
+        inputs["pairs"] = "real"
+
+    cache.run(("level", 4), block, noop, prepare)
+    cache.run(("level", 4), block, noop, prepare)
+    assert log == ["none", "real", "real"]  # the capture's call saw no pairs; each replay the real ones
+    assert cache.captures == 1
 
 
-def test_a_later_replay_leaves_earlier_outputs_alone(pairs):
-    state, consts, scalars = _state(*pairs)
-    graphed = GraphedBlocks(_block2, eager_capture)
-    on = torch.ones(3, dtype=torch.bool)
-    first = graphed(*(t[:3] for t in state + consts), on, *scalars, 2)
-    kept = tuple(t.clone() for t in first)
-    second = graphed(*(t[2:] for t in state + consts), on, *scalars, 2)  # same graph, other pairs
-    assert graphed.captures == 1
-    assert _equal(first, kept)
-    assert not torch.equal(first[0], second[0])
+def test_the_cache_is_bounded_by_count():
+    cache = GraphCache(eager_capture, max_graphs=2)
+    for key in (1, 2, 3, 1):
+        cache.run((key,), lambda: None, lambda: None, lambda: None)
+    assert cache.captures == 4 and len(cache.cache) == 2  # 1 was dropped before it came back
 
 
-def test_large_batches_run_directly_and_the_cache_is_bounded(pairs):
-    state, consts, scalars = _state(*pairs)
-    n, h, w = state[0].shape
-    on = torch.ones(n, dtype=torch.bool)
-    graphed = GraphedBlocks(_block2, eager_capture, max_pixels=4 * h * w)
-    assert _equal(graphed(*state, *consts, on, *scalars, 1), _block2(*state, *consts, on, *scalars, 1))
-    assert graphed.captures == 0  # 5 pairs pad to 8 > 4 pairs' pixels
-    one_graph = GraphedBlocks(_block2, eager_capture)
-    one_graph(*(t[:1] for t in state + consts), on[:1], *scalars, 1)
-    bounded = GraphedBlocks(_block2, eager_capture, max_bytes=one_graph.cache.popitem()[1].nbytes * 2)
-    for k in (1, 2, 3, 4):
-        bounded(*(t[:1] for t in state + consts), on[:1], *scalars, k)
-    assert bounded.captures == 4 and len(bounded.cache) == 2
-
-
-class _GraphedTorchKernels:
-    """The CPU solver's kernel set with ``block2`` run through a graph runner."""
+class _Recorder:
+    """The CPU solver's kernel set, recording the (level, pairs) of each outer iteration (at its median of u1)."""
 
     name = "torch"
+    max_block = 3
 
-    def __init__(self, graphs: GraphedBlocks):
+    def __init__(self):
         self.base = get_kernels("torch", False)
-        self.graphs = graphs
+        self.outer: list[tuple[int, int, int]] = []
+        self._u2_next = False
 
     def __call__(self, name: str, *args):
-        return self.graphs(*args) if name == "block2" else self.base(name, *args)
+        if name == "median":
+            if not self._u2_next:
+                n, h, w = args[0].shape
+                self.outer.append((h, w, n))
+            self._u2_next = not self._u2_next
+        return self.base(name, *args)
 
 
-def test_whole_solver_with_replayed_blocks_is_bit_identical(pairs):
-    """Per-pair stopping shrinks the batch after each block (5, then fewer pairs): every padded size replays its
-    own graph, and the flow is the direct solver's, bit for bit."""
-    I0, I1 = (torch.from_numpy(a).float() for a in pairs)
-    params = TVL1Params(nscales=2, warps=2, outer_iterations=3, inner_iterations=6, epsilon=0.05)
-    direct = solver._tvl1_pyramid(I0, I1, params, None, get_kernels("torch", False))
-    graphs = GraphedBlocks(_block2, eager_capture)
-    replayed = solver._tvl1_pyramid(I0, I1, params, None, _GraphedTorchKernels(graphs))
-    assert torch.equal(direct, replayed)
-    assert float(direct.abs().max()) > 0.1
-    assert graphs.captures >= 3  # two levels and batches that shrank
+def _job_sequence(img0: np.ndarray, img1: np.ndarray, params: TVL1Params) -> list[tuple[int, int, int]]:
+    """(H, W, pairs listed) of every outer iteration of a batch, on the GPU's schedule (one host check per outer
+    iteration), with OpenCV's default parameters."""
+    rec = _Recorder()
+    I0, I1 = torch.from_numpy(img0).float(), torch.from_numpy(img1).float()
+    solver._tvl1_pyramid(I0, I1, params, None, rec, sync_inner=False)
+    return rec.outer
+
+
+@pytest.fixture(scope="module")
+def batches(videos_dir: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Three batches of four consecutive real frame pairs, one clip each, scaled down to 96x72."""
+    out = []
+    for clip, start in (("kinetics_skateboarding.mp4", 30), ("kinetics_pool_cleaning.mp4", 30),
+                        ("kinetics_arm_wrestling.mp4", 60)):
+        frames = np.stack([cv2.resize(f, SIZE, interpolation=cv2.INTER_AREA)
+                           for f in gray_frames(videos_dir / clip, start, 5)])
+        out.append((frames[:-1], frames[1:]))
+    return out
+
+
+def test_steady_state_captures_nothing(batches):
+    """Over a real job's outer iterations (5 levels, lists shrinking as pairs stop) a graph is captured the first
+    time its (level, padded list length) comes up and never again: the cache holds every graph a job can need (no
+    buffers, so no byte bound to thrash), so captures per batch fall to zero once the lengths have all come up
+    (here: a batch that repeats the first one's sequence)."""
+    torch.set_num_threads(1)
+    params = TVL1Params()
+    cache = GraphCache(eager_capture)
+    sequences = [_job_sequence(img0, img1, params) for img0, img1 in batches]
+    keys, per_batch = set(), []
+    for sequence in sequences + sequences[:1]:
+        assert len({(h, w) for h, w, _ in sequence}) == 5 and any(n < 4 for _, _, n in sequence)
+        before = cache.captures
+        for h, w, n in sequence:
+            key = graph_key(h, w, n, params, kernel_config())
+            keys.add(key)
+            cache.run(key, lambda: None, lambda: None, lambda: None)
+        per_batch.append(cache.captures - before)
+    assert cache.captures == len(keys) <= 5 * 3, per_batch  # 5 levels x list lengths 1, 2, 4; no recapture
+    assert per_batch[0] >= 5 and per_batch[-1] == 0, per_batch
 
 
 def test_graphs_only_on_cuda_and_can_be_turned_off(monkeypatch):

@@ -20,33 +20,27 @@ import torch
 
 def _scenario(name: str) -> dict:
     """Solve a pair through a fresh Triton kernel set with the failure ``name`` injected, twice; what happened."""
-    from actrec.pipeline.tvl1 import backend, selfcheck, solver, triton_step
-    from actrec.pipeline.tvl1.graphs import GraphedBlocks, eager_capture
+    from actrec.pipeline.tvl1 import backend, selfcheck, solver
+    from actrec.pipeline.tvl1.graphs import GraphCache, eager_capture
     from actrec.pipeline.tvl1.params import TVL1Params
 
     def failing_capture(fn):
         raise RuntimeError("injected capture failure")
 
-    def shifted_capture(fn):  # a graph whose replays give other numbers than the direct launches
-        replay, outputs = eager_capture(fn)
+    def idle_capture(fn):  # a graph whose replays give other numbers than the direct launches: they do nothing
+        fn()
+        return lambda: None
 
-        def wrong() -> None:
-            replay()
-            outputs[0].add_(0.5)
-        return wrong, outputs
-
-    graphs = {"capture_error": failing_capture, "capture_differs": shifted_capture,
-              "graphs_pass": eager_capture}.get(name)
-    kset = backend._TritonKernels(graphs=GraphedBlocks(triton_step.block2, graphs) if graphs else None)
+    capture = {"capture_error": failing_capture, "capture_differs": idle_capture,
+               "graphs_pass": eager_capture}.get(name)
+    kset = backend._TritonKernels(graphs=GraphCache(capture) if capture else None)
     launch = kset.launch
 
-    def broken(kernel: str, *args, graphs: bool = True):
-        if name == "launch_error" and kernel == "remap":
+    def broken(*args, graphs: bool = True):
+        if name == "launch_error":
             raise RuntimeError("injected launch failure\nsecond line")
-        out = launch(kernel, *args, graphs=graphs)
-        if name == "result_differs" and kernel == "block2":
-            out = (out[0] + 0.5, *out[1:])
-        return out
+        flow = launch(*args, graphs=graphs)
+        return flow + 0.5 if name == "result_differs" else flow
 
     kset.launch = broken
     img0, img1 = (a.repeat(2, 0) for a in selfcheck.builtin_pair())

@@ -15,9 +15,10 @@ from typing import Callable
 import torch
 
 from actrec.errors import InputError
-from actrec.pipeline.tvl1.graphs import GraphedBlocks, cuda_capture, graphs_enabled
+from actrec.pipeline.tvl1.graphs import GraphCache, cuda_capture, graphs_enabled
 from actrec.pipeline.tvl1.iteration import _block2, _block3
 from actrec.pipeline.tvl1.ops import _median_apply, remap_cubic
+from actrec.pipeline.tvl1.step_config import StepConfig
 
 Log = Callable[[str], None]
 
@@ -82,35 +83,40 @@ class _Kernels:
 
 
 class _TritonKernels:
-    """The fused Triton kernels (:mod:`.triton_step`, :mod:`.triton_warp`) behind the same names.
+    """The Triton solver (:mod:`.triton_level`) behind the kernel-set interface.
 
-    The illumination variant (``block3``, gamma != 0, not OpenCV's default) has no Triton kernel and runs the
-    eager PyTorch functions. On CUDA, small batches of ``block2`` replay as CUDA graphs (:mod:`.graphs`; env
-    ACTREC_TVL1_GRAPHS=0 turns that off). Under ``TRITON_INTERPRET=1`` the kernels run on the CPU through numpy
-    (tests); ``graphs`` replaces the CUDA-only graph runner there. The first call on a device runs the self-check
+    The driver hands it whole pyramids (:meth:`pyramid`) for the parameters it supports (:func:`.triton_level.
+    supported`: gamma = 0, a median of 3, 5 or none); for the others (the illumination term, larger medians) it
+    runs the plain PyTorch functions by name like :class:`_Kernels`. On CUDA each outer iteration replays as a
+    CUDA graph (:mod:`.graphs`; env ACTREC_TVL1_GRAPHS=0 turns that off). Under ``TRITON_INTERPRET=1`` the kernels
+    run on the CPU through numpy (tests); ``graphs`` replaces the CUDA graph cache there. ``config``: the step
+    kernel's tile, :func:`kernel_config` by default. The first pyramid on a device runs the self-check
     (:mod:`.selfcheck`), which may hand that device to direct launches or to the plain-PyTorch kernels.
     """
 
     name = "triton"
-    # a whole outer iteration per call: one CUDA graph replays it, and a pair that stops in it is copied at most
-    # twice (the frozen-pair count lives within one call)
-    max_block = 1 << 20
+    max_block = 3
 
-    def __init__(self, graphs: GraphedBlocks | None = None):
-        from actrec.pipeline.tvl1 import triton_step, triton_warp
-
+    def __init__(self, graphs: GraphCache | None = None, config: StepConfig | None = None):
         self.log: Log | None = None
-        self._fns = {"block2": triton_step.block2, "block3": _block3, "median": triton_warp.median_blur_triton,
-                     "remap": triton_warp.remap_cubic_triton}
+        self._eager = {"block2": _block2, "block3": _block3, "median": _median_apply, "remap": remap_cubic}
         self._graphs = graphs
-        self._cuda_graphs = GraphedBlocks(triton_step.block2, cuda_capture)
+        self._config = config
+        self._solvers: dict = {}
         self._runners: dict[torch.device, Callable] = {}  # per device: what the self-check chose
 
-    def __call__(self, name: str, *args):
-        return self.runner(args[0].device)(name, *args)
+    def supports(self, params) -> bool:
+        from actrec.pipeline.tvl1.triton_level import supported
+
+        return supported(params)
+
+    def pyramid(self, I0: torch.Tensor, I1: torch.Tensor, params, flow0: torch.Tensor | None) -> torch.Tensor:
+        """The whole coarse-to-fine solve of ``I0``, ``I1`` ``(N, H, W)`` by what the self-check chose there."""
+        return self.runner(I0.device)(I0, I1, params, flow0)
 
     def runner(self, device: torch.device) -> Callable:
-        """What runs this kernel set's calls on ``device``, chosen by the self-check on the first call there."""
+        """What solves pyramids on ``device`` (``(I0, I1, params, flow0) -> flow``), chosen by the self-check on
+        the first call there."""
         run = self._runners.get(device)
         if run is None:
             from actrec.pipeline.tvl1 import selfcheck
@@ -119,16 +125,45 @@ class _TritonKernels:
         return run
 
     def uses_graphs(self, device: torch.device) -> bool:
-        """Whether small batches of ``block2`` replay as graphs on ``device``."""
+        """Whether the outer iterations replay as graphs on ``device``."""
         return self._graphs is not None or graphs_enabled(device)
 
-    def launch(self, name: str, *args, graphs: bool = True):
-        """Run a kernel, without the self-check; ``graphs=False``: direct launches only."""
+    def launch(self, I0: torch.Tensor, I1: torch.Tensor, params, flow0: torch.Tensor | None,
+               graphs: bool = True) -> torch.Tensor:
+        """The Triton solver's pyramid without the self-check: one solver (workspace and graph cache) per device
+        and configuration; ``graphs=False``: direct launches only."""
+        from actrec.pipeline.tvl1.triton_level import TritonSolver
+
         if os.environ.get("TRITON_INTERPRET", "0") != "1":
             _Announcer.once(self.log)
-        if name == "block2" and graphs and self.uses_graphs(args[0].device):
-            return (self._graphs if self._graphs is not None else self._cuda_graphs)(*args)
-        return self._fns[name](*args)
+        dev = I0.device
+        config = self._config or kernel_config()
+        solver = self._solvers.get((dev, config))
+        if solver is None:
+            cache = self._graphs or (GraphCache(cuda_capture) if dev.type == "cuda" else None)
+            solver = self._solvers[(dev, config)] = TritonSolver(dev, config, cache)
+        solver.use_graphs = graphs and self.uses_graphs(dev)
+        return solver.pyramid(I0, I1, params, flow0)
+
+    def __call__(self, name: str, *args):
+        return self._eager[name](*args)
+
+
+PASSES_CONFIG = StepConfig(bh=32, bw=64, num_warps=16, max_registers=128, k=4)  # 24 x 56 pixels kept per region
+
+
+def kernel_config() -> StepConfig:
+    """The iterations' configuration that benchmarks/bench_kernels_static.py recommends (``--configs``; the table in
+    benchmarks/RESULTS.md): one pass per iteration on 32 x 64 tiles, 4 warps, 128 registers at most. Among the
+    candidates that need no stack within 128 registers under the GPU image's Triton 3.6 and keep their scratch on
+    chip it has one of the best H200 rooflines (every one-pass tile is memory-bound alike) and the best issue bound.
+    Env ACTREC_TVL1_PASS_ITERATIONS=4 selects 4 iterations per pass on 32 x 64 regions (:data:`PASSES_CONFIG`, the
+    best such candidate with several iterations per pass), so that a GPU check can measure both
+    (benchmarks/device_check.py's ``triton-k4`` path)."""
+    env = os.environ.get("ACTREC_TVL1_PASS_ITERATIONS", "").strip()
+    if env not in ("", "1", "4"):
+        raise InputError(f"ACTREC_TVL1_PASS_ITERATIONS must be 1 or 4, got {env!r}")
+    return PASSES_CONFIG if env == "4" else StepConfig(bh=32, bw=64, num_warps=4, max_registers=128)
 
 
 _kernels_cache: dict = {}

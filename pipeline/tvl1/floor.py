@@ -47,7 +47,8 @@ def held_counts(img0, img1, params: TVL1Params = TVL1Params(), *, device=None, k
     """``(steps, held, sizes)`` on the GPU's schedule (one host check per outer iteration): ``steps`` and
     ``sizes`` as :func:`iteration_counts` (the same stops), ``held`` ``(N, levels)`` the inner iterations each
     pair stayed in its batch after it had stopped, until the next check dropped it. The kernels still visit such
-    a pair: before frozen pairs were skipped, each of these iterations copied its state (48 bytes per pixel)."""
+    a pair, and return at once (the first kernels copied its state, 48 bytes per pixel, in each of these
+    iterations)."""
     return _counts(img0, img1, params, device, kernels, compile, False)
 
 
@@ -122,8 +123,9 @@ def peak_tensor_bytes(fn: Callable[[], object]) -> int:
 
 # Peak bytes per pixel (of the finest level) per pair, measured with peak_tensor_bytes on the CUDA schedule, default
 # pyramid, 2 real-sized pairs (benchmarks/bench_flow.py --memory; benchmarks/RESULTS.md): PyTorch kernels 240 at
-# 340x256 (280 before the remap's int32 rewrite), Triton kernels 152 at 128x96 (under TRITON_INTERPRET=1).
-_MEASURED_BYTES_PER_PIXEL_PAIR = {"torch": 240, "triton": 152}
+# 340x256 (280 before the remap's int32 rewrite), Triton kernels 101 at 340x256 under TRITON_INTERPRET=1 (the
+# workspace: two sets of the state and the constants, 64 bytes; 152 at 128x96 before it).
+_MEASURED_BYTES_PER_PIXEL_PAIR = {"torch": 240, "triton": 101}
 _HEADROOM = 1.1  # the CUDA caching allocator rounds blocks up and fragments; not measured on a GPU
 
 

@@ -4,8 +4,8 @@ Why: a new GPU, driver or Triton version can fail to compile or launch the kerne
 code that gives other numbers. Either would surface hours into a job, as a crash or as silently wrong flows. So
 the first time a process runs the Triton kernel set on a device (:meth:`.backend._TritonKernels.runner`), it
 solves one small built-in pair there (64x48, a smooth texture moved by a known sub-pixel shift; one pyramid
-level, 2 warps with 2 median filterings of 3 iterations each: the remap, median and fused-step kernels all run)
-and the same pair with the plain-PyTorch kernels on the CPU, and compares the flows:
+level, 2 warps with 2 median filterings of 3 iterations each: the Triton solver's warp, median, gradient and step
+kernels all run) and the same pair with the plain-PyTorch kernels on the CPU, and compares the flows:
 
 * Designed bit-identical (see :mod:`.triton_step`: no FMA contraction, IEEE division, a correctly rounded hypot,
   a batch-independent error sum), the flows may differ by at most ``TOLERANCE_PX`` (1e-3 px) in any pixel: room
@@ -14,8 +14,8 @@ and the same pair with the plain-PyTorch kernels on the CPU, and compares the fl
 * A compile or launch error, or flows outside the tolerance: one RuntimeWarning naming the cause and
   ACTREC_TVL1_KERNELS, and the plain-PyTorch kernels (eager) compute on that device for the rest of the process.
   Their flows are the CPU solver's within OpenCV's criterion (the TV-L1 package docstring), so a job goes on.
-* Where small batches replay as graphs (CUDA graphs on CUDA; the runner a test gives), the pair is solved a second
-  time through them, which captures the process's first graph: a capture error or flows outside the tolerance
+* Where the outer iterations replay as graphs (CUDA graphs on CUDA; the cache a test gives), the pair is solved
+  a second time through them, which captures the process's first graph: a capture error or flows outside the tolerance
   give one warning naming ACTREC_TVL1_GRAPHS, and the kernels are launched directly on that device.
 
 The check costs one small solve per device and process, plus the kernels' compilation, which their first use would
@@ -94,34 +94,28 @@ def builtin_pair() -> tuple[np.ndarray, np.ndarray]:
     return tuple(f[None] for f in moving_texture(*PAIR_SIZE, SHIFT))
 
 
-def solve(kernels: Callable, device: torch.device) -> torch.Tensor:
-    """The flow ``(1, H, W, 2)`` of the built-in pair on ``device`` with a kernel set (or runner), on the CPU."""
-    from actrec.pipeline.tvl1.solver import solve_level
-
+def solve(pyramid: Callable, device: torch.device) -> torch.Tensor:
+    """The flow ``(1, H, W, 2)`` of the built-in pair solved on ``device`` by ``pyramid`` (``(I0, I1, params,
+    flow0) -> flow``, as :meth:`.backend._TritonKernels.launch`), on the CPU."""
     img0, img1 = (torch.from_numpy(a).to(device=device, dtype=torch.float32) for a in builtin_pair())
-    zero = torch.zeros_like(img0)
     with torch.no_grad():
-        u1, u2, _ = solve_level(img0, img1, zero, zero.clone(), None, PARAMS, kernels=kernels)
-    return torch.stack([u1, u2], dim=-1).cpu()
+        return pyramid(img0, img1, PARAMS, None).cpu()
+
+
+def torch_pyramid(I0: torch.Tensor, I1: torch.Tensor, params: TVL1Params,
+                  flow0: torch.Tensor | None) -> torch.Tensor:
+    """The coarse-to-fine solve with the plain-PyTorch kernels (eager): the reference, and the fallback of a
+    device whose Triton kernels failed."""
+    from actrec.pipeline.tvl1.backend import get_kernels
+    from actrec.pipeline.tvl1.solver import _tvl1_pyramid
+
+    return _tvl1_pyramid(I0, I1, params, flow0, get_kernels("torch", False))
 
 
 @functools.lru_cache(maxsize=1)
 def reference() -> torch.Tensor:
     """The built-in pair's flow from the plain-PyTorch kernels on the CPU (eager: no compilation)."""
-    from actrec.pipeline.tvl1.backend import get_kernels
-
-    return solve(get_kernels("torch", False), torch.device("cpu"))
-
-
-class _Mode:
-    """A Triton kernel set's calls without its self-check: direct launches, or through its graph runner."""
-
-    def __init__(self, kset: Any, graphs: bool) -> None:
-        self.kset, self.graphs = kset, graphs
-        self.name, self.max_block = kset.name, kset.max_block
-
-    def __call__(self, name: str, *args):
-        return self.kset.launch(name, *args, graphs=self.graphs)
+    return solve(torch_pyramid, torch.device("cpu"))
 
 
 def compare(run: Callable[[], torch.Tensor]) -> Stage:
@@ -149,17 +143,16 @@ def _one_line(exc: BaseException) -> str:
 
 
 def run_selfcheck(kset: Any, device: torch.device) -> tuple[SelfCheck, Callable]:
-    """Check a Triton kernel set on ``device``; the report and the runner to use there."""
-    from actrec.pipeline.tvl1.backend import get_kernels
-
-    direct = compare(lambda: solve(_Mode(kset, graphs=False), device))
+    """Check a Triton kernel set on ``device``; the report and the pyramid solver to use there."""
+    direct_launch = functools.partial(kset.launch, graphs=False)
+    direct = compare(lambda: solve(direct_launch, device))
     graphs = None
     if direct.passed and kset.uses_graphs(device):
-        graphs = compare(lambda: solve(_Mode(kset, graphs=True), device))
+        graphs = compare(lambda: solve(kset.launch, device))
     if not direct.passed:
-        return SelfCheck(str(device), direct, graphs, "torch"), get_kernels("torch", False)
+        return SelfCheck(str(device), direct, graphs, "torch"), torch_pyramid
     if graphs is not None and not graphs.passed:
-        return SelfCheck(str(device), direct, graphs, "triton-direct"), _Mode(kset, graphs=False)
+        return SelfCheck(str(device), direct, graphs, "triton-direct"), direct_launch
     return SelfCheck(str(device), direct, graphs, "triton"), kset.launch
 
 

@@ -267,7 +267,10 @@ def _tvl1_pyramid(I0: torch.Tensor, I1: torch.Tensor, params: TVL1Params, flow0:
                   sync_inner: bool | None = None) -> torch.Tensor:
     """Coarse-to-fine driver (OpenCV's ``calc``): build the pyramids, solve each level, upsample the flow.
     ``steps`` and ``held`` ``(N, levels)``: the counts of :func:`solve_level` per pair and level are added to them
-    when given."""
+    when given. A kernel set with its own pyramid (the Triton solver) runs it when it supports ``params`` and
+    nothing is counted."""
+    if steps is None and getattr(kernels, "supports", lambda _: False)(params):
+        return kernels.pyramid(I0, I1, params, flow0)  # the Triton solver: every level on its workspace
     n, h, w = I0.shape
     sizes = pyramid_sizes(h, w, params.nscales, params.scale_step)
     step = params.scale_step
