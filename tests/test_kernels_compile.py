@@ -4,7 +4,8 @@ The interpreter tests (tests/test_triton_tvl1.py) check what the kernels compute
 them or what they cost: a kernel that only the interpreter runs once shipped (a constexpr reassigned in a loop of
 the old median, rejected by the compiler). Here each launch of the GPU solver at compute-flow's 340x256 level
 (:func:`actrec.pipeline.tvl1.kernel_table.level_launches`) is compiled as its launch would be, and read back with
-the cuobjdump shipped in Triton's wheel: a compile error fails, and so does a step kernel that spills to a stack.
+the cuobjdump shipped in Triton's wheel: a compile error fails, and so does a step kernel that spills to a stack
+(at every pyramid level: the image size is compiled in).
 The full table (registers, SASS, bytes, roofline) is benchmarks/bench_kernels_static.py.
 """
 
@@ -84,3 +85,21 @@ def test_resident_warps_follow_the_h100_limits():
     assert compiled.resident_warps(128, 1024, 4) == 16
     assert compiled.resident_warps(32, 0, 4) == 64  # the warp slots bind
     assert compiled.resident_warps(32, 100 * 1024, 4) == 8  # shared memory binds: 2 programs
+
+
+def test_step_kernels_need_no_stack_at_the_coarser_levels():
+    """The image size is compiled in, so each pyramid level is its own kernel: ptxas once gave the one-pass kernel
+    8 bytes of stack at the three coarsest levels and none at 340x256. Both families' iteration kernels at the
+    levels the 340x256 fixture does not cover."""
+    from actrec.pipeline.tvl1 import TVL1Params, pyramid_sizes
+
+    p = TVL1Params()
+    stacks = []
+    for h, w in pyramid_sizes(*LEVEL, p.nscales, p.scale_step)[1:]:
+        for config in (kernel_config(), PASSES_CONFIG if kernel_config().k == 1 else StepConfig()):
+            for launch in kernel_table.level_launches(h, w, config=config):
+                if launch.role == "step":
+                    comp = compiled.compile_sm90(launch.name, launch.fn, launch.args, launch.kwargs)
+                    if comp.stack_bytes:
+                        stacks.append(f"{launch.name} at {w}x{h}: {comp.stack_bytes} bytes, {comp.registers} regs")
+    assert not stacks, stacks
