@@ -91,7 +91,7 @@ step check_gpu 90 "$PY" -m actrec.cli check-gpu "${CHECK_GPU[@]}"
 # than spend a cold CPU compile of a minute
 step tvl1_cuda_tests 80 env ACTREC_TVL1_PREPARED="$DATA" ACTREC_SHARED_DATA="$STUB" ACTREC_TVL1_COMPILE=0 \
     "$PY" -m pytest -q -k cuda -p no:cacheprovider tests/test_tvl1.py tests/test_triton_tvl1.py \
-    tests/test_tvl1_graphs.py
+    tests/test_triton_solver.py tests/test_tvl1_graphs.py
 step model_tests 50 "$PY" -m pytest -q -k cuda -p no:cacheprovider tests/test_stilt.py tests/test_cotnet.py \
     tests/test_cotlstm.py tests/test_train.py tests/test_train_devices.py
 step tvl1_throughput 110 "$PY" benchmarks/device_check.py --data "$DATA" --paths triton triton-k4 triton-direct eager \

@@ -8,6 +8,7 @@ line naming the folder, the space needed and the space left; the store stays int
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 from pathlib import Path
 
@@ -44,3 +45,12 @@ def store_io_error(path: Path, exc: OSError) -> StoreError:
         return StoreError(f"{path}: {reason}; the store is intact (finished videos are kept), "
                           "free some space and rerun the same command to resume")
     return StoreError(f"{path}: write failed ({exc.strerror or exc})")
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file, or a folder's entries (its renames), to the disk, so that a crash keeps what was written."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -39,7 +39,7 @@ import numpy as np
 
 from actrec.deps import require
 from actrec.errors import StoreError
-from actrec.pipeline.diskspace import check_free_space, is_disk_full, store_io_error
+from actrec.pipeline.diskspace import check_free_space, fsync_path, is_disk_full, store_io_error
 from actrec.pipeline.store_checks import CRC_ATTR, HDF5_ERRORS, array_checksum_options, count, crc32_of, one_line
 
 FORMAT_VERSION = 1
@@ -333,7 +333,7 @@ def _rewrite_shard(layout: StoreLayout, shard: int, parts: dict[str, Path], drop
         finally:
             if old is not None:
                 old.close()
-        _fsync(tmp)
+        fsync_path(tmp)
         write_video_list(final, set(old_ids) | kept | added)
         tmp.replace(final)
         write_video_list(final, kept | added)
@@ -374,14 +374,6 @@ def _copy_part(part: Path, out: h5py.File, video_id: str) -> bool:
             return _copy_group(src, video_id, out)
     except StoreError:
         return False
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _remove_empty(folder: Path) -> None:

@@ -131,11 +131,10 @@ def test_a_failed_event_write_is_reported_once_in_one_line_without_the_threads_t
     monitor = RunMonitor(run, 0)
     monitor.log(MetricsRow(1, 1.0, 0.1, 1.0, 0.0, 1.0))
     time.sleep(0.5)  # the first events are written
-    for step in range(2, 50):
-        monitor.writer.add_scalar("queued", 1.0, step)
     run.rename(tmp_path / "moved")
+    monitor.writer.add_scalar("queued", 1.0, 2)  # queued after the folder went away: the writer thread fails on it
     thread = monitor.writer.file_writer.event_writer._async_writer._worker
-    thread.join(timeout=30)  # it fails on the queued events
+    thread.join(timeout=30)
     assert isinstance(thread.exception, FileNotFoundError)
     with pytest.raises(OutputError, match=rf"^{run / 'metrics.csv'}: cannot write the metrics of iteration 2 "):
         monitor.log(MetricsRow(2, 1.0, 0.1, 1.0, 0.0, 2.0))

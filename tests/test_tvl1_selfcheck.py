@@ -8,14 +8,15 @@ a job would, and must give the CPU solver's flows, with exactly one warning nami
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/ is not a package: reach the helper module
+from interpreted import main, run_interpreted  # noqa: E402
 
 
 def _scenario(name: str) -> dict:
@@ -63,10 +64,7 @@ SCENARIOS = ("pass", "launch_error", "result_differs", "graphs_pass", "capture_e
 
 @pytest.fixture(scope="module")
 def outcomes() -> dict:
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_interpreted(__file__)
 
 
 def test_kernels_that_pass_run_with_no_warning_and_give_the_cpu_flows(outcomes: dict) -> None:
@@ -102,6 +100,4 @@ def test_a_failing_graph_falls_back_to_direct_launches(outcomes: dict, name: str
 
 
 if __name__ == "__main__":
-    assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
-    torch.set_num_threads(1)
-    print(json.dumps({name: _scenario(name) for name in SCENARIOS}))
+    main(lambda: {name: _scenario(name) for name in SCENARIOS})

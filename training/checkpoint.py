@@ -36,7 +36,7 @@ import torch
 
 from actrec.errors import InputError, OutputError
 from actrec.models.pretrained import TRAIN_CHECKPOINT_FORMAT, load_torch_file
-from actrec.pipeline.diskspace import NotEnoughSpace, check_free_space, is_disk_full
+from actrec.pipeline.diskspace import NotEnoughSpace, check_free_space, fsync_path, is_disk_full
 
 FORMAT = TRAIN_CHECKPOINT_FORMAT
 FORMAT_VERSION = 1
@@ -169,7 +169,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
             f.write(f"{digest}  {path.name}\n".encode())
         tmp.replace(path)
         _tmp(sums).replace(sums)
-        _sync_folder(path.parent)
+        fsync_path(path.parent)
     except BaseException as exc:  # a failed write, or an interrupt: no partial file stays to fill the disk
         for leftover in (tmp, _tmp(sums)):
             leftover.unlink(missing_ok=True)
@@ -178,15 +178,6 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
         if is_disk_full(exc) and not isinstance(exc, NotEnoughSpace):  # the disk filled up while writing
             exc = NotEnoughSpace(path.parent, needed, shutil.disk_usage(path.parent).free, "a checkpoint")
         raise OutputError(f"{path}: {exc.strerror or exc}") from None
-
-
-def _sync_folder(folder: Path) -> None:
-    """Make the renames in ``folder`` durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def check_room(path: str | Path, weights: dict[str, torch.Tensor], optimizer_slots: int, retry: str) -> None:
